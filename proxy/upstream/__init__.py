@@ -1,0 +1,1 @@
+"""Provider calls: the fast OpenAI-compatible path, litellm translation, failover."""
