@@ -256,3 +256,18 @@ def build_policy_set(
 
 def load_policy_set(directory: Path, services: Services) -> PolicySet:
     return build_policy_set(load_configs(directory), services, directory)
+
+
+class PolicyHolder:
+    """The app's current policy set. A reload replaces ``current`` in one assignment,
+    so a request sees either the old set or the new one, never a mix."""
+
+    def __init__(self, initial: PolicySet) -> None:
+        self.current = initial
+        self.version = 1
+        self.last_error: str | None = None  # the last rejected reload, for /readyz
+
+    def swap(self, new: PolicySet) -> None:
+        self.current = new
+        self.version += 1
+        self.last_error = None
