@@ -95,7 +95,8 @@ def create_app(settings: Settings, services: Services | None = None) -> web.Appl
         services = Services(
             settings=settings,
             store=create_store(settings.redis_url, settings.redis_prefix),
-            metrics=Metrics(access_log_enabled=settings.access_log),
+            metrics=Metrics(access_log_enabled=settings.access_log,
+                            enabled=settings.metrics_enabled),
         )
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[openai_errors])
     app[SETTINGS] = settings

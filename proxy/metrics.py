@@ -1,20 +1,113 @@
-"""Prometheus metrics and the access log. One registry per app (tests build several
-apps per process, and a registry is the unit Prometheus scrapes)."""
+"""Prometheus metrics: OpenTelemetry GenAI semantic-convention names plus Warden's own.
+
+One registry per app (tests build several apps per process, and a registry is the unit
+Prometheus scrapes). ``record(ctx)`` runs once per proxied request, after every
+policy's ``on_done``; the setters (``budget``, ``breaker``, ``store_error``,
+``fail_open``) are for the policies and the failover code that own those states.
+
+GenAI names follow the conventions' Prometheus translation (dots to underscores, unit
+suffix): ``gen_ai_client_token_usage``, ``gen_ai_client_operation_duration_seconds``,
+``gen_ai_server_time_to_first_token_seconds`` and
+``gen_ai_client_operation_time_per_output_chunk_seconds``, with the conventions'
+explicit bucket boundaries. They are recorded for requests that reached a provider;
+``warden_requests_total`` counts every request.
+
+Labels are bounded by construction. tenant, model, provider and deployment come from
+the policy files (a model name the tenant does not route is ``-``, never the string the
+client sent); everything else that could vary (reason codes, error types, response
+models, policy decisions) goes through ``Bounded``, which admits a fixed number of
+distinct values and folds the rest into ``other``. Keys, users, agent names,
+conversations and text never become labels: they are in the access log.
+
+Several worker processes: set ``PROMETHEUS_MULTIPROC_DIR`` to an empty directory shared
+by the workers *before* they start; each writes its own files and ``/metrics`` on any of
+them aggregates all (``prometheus_client`` multiprocess mode). Gauges then aggregate as
+documented per gauge below.
+
+The per-request cost is kept to a few microseconds: label children are looked up once
+per label tuple and cached, and the per-chunk gaps of a stream are folded into the
+histogram in one pass at the end instead of one locked observe per chunk.
+"""
 
 from __future__ import annotations
 
-import json
-import logging
-import time
+import os
+import re
+from bisect import bisect_left
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import values as prom_values
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from proxy.accesslog import AccessLog
 from proxy.context import RequestContext
+from proxy.pricing import PriceTable
 
-access_log = logging.getLogger("warden.access")
+if TYPE_CHECKING:
+    from prometheus_client.metrics import MetricWrapperBase
 
-_OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+# Bucket boundaries from the GenAI semantic conventions (explicit_bucket_boundaries).
+TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304,
+                 16777216, 67108864)
+DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48,
+                    40.96, 81.92)
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
+                5.0, 7.5, 10.0)
+CHUNK_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+# Warden's own: its overhead is tens of microseconds, not seconds.
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+
+OTHER = "other"
+NONE = "-"
+BreakerState = Literal["closed", "half_open", "open"]
+BREAKER_VALUES: dict[str, float] = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
+
+# Deployment.provider -> gen_ai.provider.name (the conventions' well-known values);
+# anything else is reported as configured (it comes from the policy files: bounded).
+PROVIDER_NAMES = {
+    "openai": "openai", "azure": "azure.ai.openai", "azure_ai": "azure.ai.inference",
+    "anthropic": "anthropic", "bedrock": "aws.bedrock", "bedrock_converse": "aws.bedrock",
+    "vertex_ai": "gcp.vertex_ai", "gemini": "gcp.gemini", "cohere": "cohere",
+    "mistral": "mistral_ai", "groq": "groq", "deepseek": "deepseek",
+    "perplexity": "perplexity", "xai": "x_ai", "watsonx": "ibm.watsonx.ai",
+}
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.:/@-]")
+DECISION_LIMIT = 256
+
+
+def _clean(value: str) -> str:
+    return _UNSAFE.sub("_", value[:64]) if value else NONE
+
+
+class Bounded:
+    """Admits at most ``limit`` distinct label values; later newcomers become ``other``.
+
+    For values Warden does not choose itself (reason codes from policies and providers,
+    the model name a provider reports): a misbehaving provider or policy can add at most
+    ``limit`` series, never one per request.
+    """
+
+    __slots__ = ("_limit", "_seen")
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._seen: set[str] = set()
+
+    def __call__(self, value: str | None) -> str:
+        if not value:
+            return NONE
+        if value in self._seen:
+            return value
+        clean = _clean(value)
+        if clean in self._seen:
+            return clean
+        if len(self._seen) >= self._limit:
+            return OTHER
+        self._seen.add(clean)
+        return clean
 
 
 def outcome(ctx: RequestContext) -> str:
@@ -25,46 +118,301 @@ def outcome(ctx: RequestContext) -> str:
     return "refused" if 400 <= ctx.status < 500 else "error"
 
 
+def provider_name(provider: str) -> str:
+    return PROVIDER_NAMES.get(provider, provider)
+
+
+def observe_many(child: Any, values: Sequence[float]) -> None:
+    """Observe every value in one pass: bucket counts are summed first, then each
+    touched bucket is incremented once (one lock each instead of one per value).
+
+    Uses prometheus_client's Histogram child internals (``_upper_bounds``, ``_buckets``,
+    ``_sum``; the version is pinned); falls back to plain observes if they change.
+    """
+    bounds = getattr(child, "_upper_bounds", None)
+    buckets = getattr(child, "_buckets", None)
+    total = getattr(child, "_sum", None)
+    if bounds is None or buckets is None or total is None:
+        for v in values:
+            child.observe(v)
+        return
+    counts: dict[int, int] = {}
+    for v in values:
+        i = bisect_left(bounds, v)  # first bound >= v: Prometheus' "le" bucket
+        counts[i] = counts.get(i, 0) + 1
+    total.inc(sum(values))
+    for i, n in counts.items():
+        buckets[i].inc(n)
+
+
+class _GenAI:
+    """Cached children of the GenAI histograms for one attribute set."""
+
+    __slots__ = ("chunk", "duration", "errors", "input", "labels", "m", "output", "ttft")
+
+    def __init__(self, m: Metrics, labels: tuple[str, ...]) -> None:
+        self.m = m
+        self.labels = labels
+        self.duration = m.duration.labels(*labels, "")
+        self.input = m.token_usage.labels(*labels, "input")
+        self.output = m.token_usage.labels(*labels, "output")
+        self.ttft = m.ttft.labels(*labels)
+        self.chunk = m.time_per_chunk.labels(*labels)
+        self.errors: dict[str, Any] = {}
+
+    def error(self, error_type: str) -> Any:
+        child = self.errors.get(error_type)
+        if child is None:
+            child = self.errors[error_type] = self.m.duration.labels(*self.labels, error_type)
+        return child
+
+
+class _Warden:
+    """Cached children of Warden's per-(tenant, model) series."""
+
+    __slots__ = ("cost", "est_input", "est_output", "labels", "m", "requests", "unpriced")
+
+    def __init__(self, m: Metrics, tenant: str, model: str) -> None:
+        self.m = m
+        self.labels = (tenant, model)
+        self.cost = m.cost.labels(tenant, model)
+        self.unpriced = m.unpriced.labels(tenant, model)
+        self.est_input = m.estimated_tokens.labels(tenant, model, "input")
+        self.est_output = m.estimated_tokens.labels(tenant, model, "output")
+        self.requests: dict[str, Any] = {}
+
+    def request(self, result: str) -> Any:
+        child = self.requests.get(result)
+        if child is None:
+            child = self.requests[result] = self.m.requests.labels(*self.labels, result)
+        return child
+
+
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, access_log_enabled: bool = True) -> None:
+    def __init__(self, access_log_enabled: bool = True, enabled: bool = True,
+                 prices: PriceTable | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.access_log_enabled = access_log_enabled
+        self.enabled = enabled
+        self.access = AccessLog() if access_log_enabled else None
+        self.prices = prices if prices is not None else PriceTable.load()
+        # Decided by prometheus_client when it was imported (PROMETHEUS_MULTIPROC_DIR).
+        self.multiprocess = bool(getattr(prom_values.ValueClass, "_multiprocess", False))
+        self._reasons = Bounded(128)
+        self._errors = Bounded(128)
+        self._response_models = Bounded(64)
+        self._decisions: dict[tuple[str, str, str], tuple[str, str, str]] = {}
+        self._genai: dict[tuple[str, ...], _GenAI] = {}
+        self._warden: dict[tuple[str, str], _Warden] = {}
+        self._overhead: dict[str, Any] = {}
+        self._define()
+
+    def _define(self) -> None:
+        r = self.registry
+        genai = ["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model",
+                 "gen_ai_response_model", "tenant"]
+        self.token_usage = Histogram(
+            "gen_ai_client_token_usage", "Tokens used per GenAI operation, by token type "
+            "(estimated counts included; see warden_estimated_tokens_total).",
+            [*genai, "gen_ai_token_type"], buckets=TOKEN_BUCKETS, registry=r)
+        self.duration = Histogram(
+            "gen_ai_client_operation_duration_seconds", "GenAI operation duration as the "
+            "agent sees it (whole stream included); error_type set on failures.",
+            [*genai, "error_type"], buckets=DURATION_BUCKETS, registry=r)
+        self.ttft = Histogram(
+            "gen_ai_server_time_to_first_token_seconds", "Streams: from request arrival "
+            "to the first chunk written to the agent.",
+            genai, buckets=TTFT_BUCKETS, registry=r)
+        self.time_per_chunk = Histogram(
+            "gen_ai_client_operation_time_per_output_chunk_seconds", "Streams: gap between "
+            "consecutive upstream chunks, each chunk after the first.",
+            genai, buckets=CHUNK_BUCKETS, registry=r)
         self.requests = Counter(
-            "warden_requests", "Proxied requests by tenant, model and outcome.",
-            ["tenant", "model", "outcome"], registry=self.registry,
-        )
+            "warden_requests", "Proxied requests by tenant, model and outcome "
+            "(ok, refused, error, client_disconnected).",
+            ["tenant", "model", "outcome"], registry=r)
+        self.cost = Counter(
+            "warden_cost_usd", "Spend in USD (provider usage x price).",
+            ["tenant", "model"], registry=r)
+        self.unpriced = Counter(
+            "warden_unpriced_requests", "Requests with usage but no known price "
+            "(set input_cost_per_token/output_cost_per_token on the deployment).",
+            ["tenant", "model"], registry=r)
+        self.estimated_tokens = Counter(
+            "warden_estimated_tokens", "Tokens counted by Warden's tokenizer because the "
+            "provider reported no usage.",
+            ["tenant", "model", "gen_ai_token_type"], registry=r)
+        self.rate_limited = Counter(
+            "warden_rate_limit_refusals", "Requests refused by a rate limit, by limit.",
+            ["tenant", "model", "limit"], registry=r)
+        self.decisions = Counter(
+            "warden_policy_decisions", "Policy decisions by policy, action and reason code.",
+            ["tenant", "policy", "action", "reason"], registry=r)
+        self.failovers = Counter(
+            "warden_failovers", "Upstream attempts that failed and were followed by "
+            "another deployment, by the failed deployment and reason.",
+            ["tenant", "model", "deployment", "reason"], registry=r)
         self.overhead = Histogram(
-            "warden_proxy_overhead_seconds", "Time spent in Warden, upstream excluded.",
-            ["operation"], buckets=_OVERHEAD_BUCKETS, registry=self.registry,
-        )
+            "warden_proxy_overhead_seconds", "Time spent in Warden per request, waiting "
+            "on the provider excluded.",
+            ["operation"], buckets=OVERHEAD_BUCKETS, registry=r)
+        # Gauges say how several worker processes combine: the budget comes from the
+        # shared store (the latest write is right), a breaker is per process (the worst
+        # live one shows), fail-open is on if any live worker is in it.
+        self.budget_spent = Gauge(
+            "warden_budget_spent_usd", "Budget spent in the current window, USD.",
+            ["tenant"], registry=r, multiprocess_mode="mostrecent")
+        self.budget_remaining = Gauge(
+            "warden_budget_remaining_usd", "Budget left in the current window, USD.",
+            ["tenant"], registry=r, multiprocess_mode="mostrecent")
+        self.breaker_state = Gauge(
+            "warden_circuit_breaker_state", "Circuit breaker per deployment: "
+            "0 closed, 1 half-open, 2 open.",
+            ["deployment"], registry=r, multiprocess_mode="livemax")
+        self.store_errors = Counter(
+            "warden_store_errors", "Errors talking to the counter store (Redis).",
+            ["operation"], registry=r)
+        self.store_fail_open = Gauge(
+            "warden_store_fail_open", "1 while the store is unreachable and limits run on "
+            "local per-replica counters (store_failure_mode=open).",
+            registry=r, multiprocess_mode="livemax")
+
+    # ---- setters for the policies and the failover code ------------------------------
+
+    def budget(self, tenant: str, spent_usd: float, remaining_usd: float) -> None:
+        """The budget policy reports a tenant's window after it settles a request."""
+        self.budget_spent.labels(tenant).set(spent_usd)
+        self.budget_remaining.labels(tenant).set(remaining_usd)
+
+    def breaker(self, deployment: str, state: BreakerState) -> None:
+        """The failover code reports a breaker transition (deployment = its label)."""
+        self.breaker_state.labels(deployment).set(BREAKER_VALUES[state])
+
+    def store_error(self, operation: str) -> None:
+        self.store_errors.labels(self._reasons(operation)).inc()
+
+    def fail_open(self, active: bool) -> None:
+        self.store_fail_open.set(1.0 if active else 0.0)
+
+    # ---- per request ----------------------------------------------------------------
 
     def record(self, ctx: RequestContext) -> None:
         """Called once per proxied request, after every policy's on_done."""
-        model = ctx.model if ctx.deployments else "-"  # unrouted names are free text
-        result = outcome(ctx)
-        self.requests.labels(ctx.tenant_name, model, result).inc()
+        if not self.enabled:
+            if self.access is not None:
+                self.access.write(ctx, outcome(ctx), ctx.elapsed(), ctx.overhead())
+            return
         elapsed = ctx.elapsed()
         overhead = max(0.0, elapsed - ctx.upstream_s)
-        self.overhead.labels(ctx.operation).observe(overhead)
-        if self.access_log_enabled and access_log.isEnabledFor(logging.INFO):
-            access_log.info(json.dumps({
-                "ts": round(time.time(), 3), "request_id": ctx.request_id,
-                "tenant": ctx.tenant_name, "model": ctx.model or None,
-                "operation": ctx.operation, "stream": ctx.stream, "status": ctx.status,
-                "outcome": result, "error_type": ctx.error_type,
-                "deployment": ctx.deployment.label if ctx.deployment else None,
-                "attempts": [[a.deployment, a.status, a.reason] for a in ctx.attempts],
-                "prompt_tokens": ctx.usage.prompt_tokens if ctx.usage else None,
-                "completion_tokens": ctx.usage.completion_tokens if ctx.usage else None,
-                "latency_ms": round(elapsed * 1000, 3),
-                "overhead_ms": round(overhead * 1000, 3),
-                "ttft_ms": round(ctx.first_token_s * 1000, 3) if ctx.first_token_s else None,
-                "decisions": [[d.policy, d.action, d.reason] for d in ctx.decisions],
-                "flags": ctx.flags or None,
-                **{k.removeprefix("x-warden-"): v for k, v in ctx.client_headers.items()},
-            }, separators=(",", ":")))
+        result = outcome(ctx)
+        tenant = ctx.tenant_name
+        model = ctx.model if ctx.deployments else NONE  # unrouted names are free text
+        key = (tenant, model)
+        w = self._warden.get(key)
+        if w is None:
+            w = self._warden[key] = _Warden(self, tenant, model)
+        w.request(result).inc()
+        child = self._overhead.get(ctx.operation)
+        if child is None:
+            child = self._overhead[ctx.operation] = self.overhead.labels(ctx.operation)
+        child.observe(overhead)
+
+        usage = ctx.usage
+        if usage is not None and ctx.deployment is not None:
+            if ctx.cost_usd is None:
+                ctx.cost_usd = self.prices.cost(ctx.deployment, usage)
+            if ctx.cost_usd is None:
+                w.unpriced.inc()
+            elif ctx.cost_usd:
+                w.cost.inc(ctx.cost_usd)
+            if usage.estimated:
+                w.est_input.inc(usage.prompt_tokens)
+                w.est_output.inc(usage.completion_tokens)
+        if ctx.attempts:
+            self._record_genai(ctx, model, result, elapsed)
+        if ctx.decisions:
+            for d in ctx.decisions:
+                policy, action, reason = self._decision_labels(d.policy, d.action, d.reason)
+                self.decisions.labels(tenant, policy, action, reason).inc()
+        if ctx.status == 429 and ctx.error_type == "rate_limit_exceeded":
+            self.rate_limited.labels(tenant, model, self._limit_of(ctx)).inc()
+        if self.access is not None:
+            self.access.write(ctx, result, elapsed, overhead)
+
+    def _record_genai(self, ctx: RequestContext, model: str, result: str,
+                      elapsed: float) -> None:
+        deployment = ctx.deployment or _attempted(ctx)
+        provider = provider_name(deployment.provider) if deployment is not None else NONE
+        labels = (ctx.operation, provider, model, self._response_models(ctx.response_model),
+                  ctx.tenant_name)
+        g = self._genai.get(labels)
+        if g is None:
+            g = self._genai[labels] = _GenAI(self, labels)
+        if result == "ok":
+            g.duration.observe(elapsed)
+        else:
+            g.error(self._errors(ctx.error_type or result)).observe(elapsed)
+        usage = ctx.usage
+        if usage is not None:
+            g.input.observe(usage.prompt_tokens)
+            if ctx.operation == "chat":
+                g.output.observe(usage.completion_tokens)
+        if ctx.first_token_s is not None:
+            g.ttft.observe(ctx.first_token_s)
+        if ctx.chunk_gaps:
+            observe_many(g.chunk, ctx.chunk_gaps)
+        attempts = ctx.attempts
+        for a in attempts[:-1]:  # every attempt but the last was followed by another
+            self.failovers.labels(ctx.tenant_name, model, a.deployment,
+                                  self._reasons(a.reason)).inc()
+
+    def _decision_labels(self, policy: str, action: str, reason: str) -> tuple[str, str, str]:
+        """At most DECISION_LIMIT distinct (policy, action, reason) triples."""
+        key = (policy, action, reason)
+        found = self._decisions.get(key)
+        if found is None:
+            if len(self._decisions) >= DECISION_LIMIT:
+                return OTHER, OTHER, OTHER
+            found = self._decisions[key] = (_clean(policy), _clean(action), _clean(reason))
+        return found
+
+    def _limit_of(self, ctx: RequestContext) -> str:
+        for d in reversed(ctx.decisions):
+            if d.policy == "limits":
+                return self._reasons(d.reason)
+        return "unknown"
 
     def render(self) -> bytes:
+        if self.multiprocess:
+            from prometheus_client.multiprocess import MultiProcessCollector
+
+            registry = CollectorRegistry()
+            MultiProcessCollector(  # type: ignore[no-untyped-call]
+                registry, path=os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+            return generate_latest(registry)
         return generate_latest(self.registry)
+
+    def series_count(self) -> int:
+        """Distinct label sets across Warden's metrics (for cardinality tests)."""
+        total = 0
+        for metric in self._all():
+            total += len(metric._metrics)
+        return total
+
+    def _all(self) -> list[MetricWrapperBase]:
+        return [self.token_usage, self.duration, self.ttft, self.time_per_chunk,
+                self.requests, self.cost, self.unpriced, self.estimated_tokens,
+                self.rate_limited, self.decisions, self.failovers, self.overhead,
+                self.budget_spent, self.budget_remaining, self.breaker_state,
+                self.store_errors]
+
+
+def _attempted(ctx: RequestContext) -> Any:
+    """The deployment of the last attempt (for failed requests), by label."""
+    last = ctx.attempts[-1].deployment
+    for d in ctx.deployments:
+        if d.label == last:
+            return d
+    return ctx.deployments[0] if ctx.deployments else None
+

@@ -15,11 +15,14 @@ from typing import Any
 from aiohttp import web
 
 from proxy import sse
+from proxy.appkeys import SERVICES
 from proxy.context import RequestContext, Usage
 from proxy.errors import UpstreamFailed, WardenError
 from proxy.pipeline import Chain
+from proxy.tokens import TokenCounter
 from proxy.upstream.base import UpstreamError
 from proxy.upstream.failover import PrefetchedStream
+from proxy.usage import StreamTap, estimate_stream
 
 _USAGE_OBJECT = (b'"usage":{', b'"usage": {')
 _USAGE_NULL = (b',"usage":null', b'"usage":null,', b', "usage": null', b'"usage": null, ')
@@ -48,15 +51,18 @@ def force_stream_usage(ctx: RequestContext) -> None:
 class StreamRelay:
     """Turns upstream SSE events into the bytes to write, one event at a time."""
 
-    __slots__ = ("_chain", "_ctx", "done")
+    __slots__ = ("_chain", "_ctx", "done", "tap")
 
     def __init__(self, ctx: RequestContext, chain: Chain) -> None:
         self._ctx = ctx
         self._chain = chain
         self.done = False
+        # References to the raw events, parsed only if no usage chunk arrives (usage.py).
+        self.tap = StreamTap()
 
     def event(self, raw: bytes) -> bytes:
         """Bytes to send for one upstream event (b"" to send nothing yet)."""
+        self.tap.add(raw)
         data = sse.event_data(raw)
         if data is None:
             return raw  # comments / keep-alives pass through untouched
@@ -117,16 +123,23 @@ async def relay_stream(
     relay = StreamRelay(ctx, chain)
     first = relay.event(stream.first)
     response.headers.update(ctx.response_headers)
+    # For a stream the header can only say what Warden spent before the head left
+    # (auth, policies, the first event); the whole-stream figure is in the access log.
+    response.headers["x-warden-overhead-ms"] = f"{ctx.overhead() * 1000:.3f}"
     await response.prepare(request)
     ctx.status = 200
+    gaps = ctx.chunk_gaps
     try:
         if first:
             await response.write(first)
             ctx.first_token_s = ctx.elapsed()
         ctx.chunks += 1
-        waited = time.perf_counter()
+        waited = arrived = time.perf_counter()
         async for raw in _after_first(stream, relay):
-            ctx.upstream_s += time.perf_counter() - waited
+            now = time.perf_counter()
+            ctx.upstream_s += now - waited
+            gaps.append(now - arrived)
+            arrived = now
             out = relay.event(raw)
             if out:
                 await response.write(out)
@@ -149,12 +162,22 @@ async def relay_stream(
     except (ConnectionResetError, ConnectionError):
         ctx.client_disconnected = True
     finally:
+        _account(request, ctx, relay.tap)  # before on_done: budgets settle on it
         await stream.aclose()
     if not ctx.client_disconnected:
         try:
             await response.write_eof()
         except (ConnectionResetError, ConnectionError):
             ctx.client_disconnected = True
+
+
+def _account(request: web.Request, ctx: RequestContext, tap: StreamTap) -> None:
+    """No usage chunk (provider without usage, stream cut, client gone): estimate it."""
+    log_prompts = ctx.tenant is not None and ctx.tenant.config.log_prompts
+    if ctx.usage is None or log_prompts:
+        estimate_stream(ctx, request.app[SERVICES].shared("tokens", TokenCounter), tap)
+        if log_prompts:
+            ctx.completion_text = tap.text()
 
 
 async def _after_first(stream: PrefetchedStream, relay: StreamRelay) -> Any:

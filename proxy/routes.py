@@ -30,7 +30,10 @@ from proxy.errors import (
 from proxy.pipeline import Chain
 from proxy.policies.auth import authenticate
 from proxy.relay import force_stream_usage, relay_stream, usage_of
+from proxy.services import Services
+from proxy.tokens import TokenCounter
 from proxy.upstream.base import UpstreamError, UpstreamReply
+from proxy.usage import completion_text, estimate_reply
 
 log = logging.getLogger("warden.routes")
 
@@ -115,7 +118,7 @@ async def _proxied(request: web.Request, ctx: RequestContext, chain: Chain) -> w
         force_stream_usage(ctx)
     result = await app[UPSTREAM].call(ctx, ctx.body)
     if isinstance(result, UpstreamReply):
-        return await _reply(ctx, chain, result)
+        return await _reply(ctx, chain, result, app[SERVICES])
     response = web.StreamResponse(status=200, headers=_head(ctx, "text/event-stream"))
     response.headers["Cache-Control"] = "no-cache"
     await relay_stream(request, response, ctx, chain, result)
@@ -127,11 +130,13 @@ def _head(ctx: RequestContext, content_type: str) -> dict[str, str]:
     if ctx.flags:
         ctx.response_headers["x-warden-flags"] = ",".join(ctx.flags)
     headers.update(ctx.response_headers)
-    headers["x-warden-overhead-ms"] = f"{(ctx.elapsed() - ctx.upstream_s) * 1000:.3f}"
+    # Warden's time so far, provider excluded (streams overwrite it at prepare()).
+    headers["x-warden-overhead-ms"] = f"{ctx.overhead() * 1000:.3f}"
     return headers
 
 
-async def _reply(ctx: RequestContext, chain: Chain, reply: UpstreamReply) -> web.Response:
+async def _reply(ctx: RequestContext, chain: Chain, reply: UpstreamReply,
+                 services: Services) -> web.Response:
     try:
         payload = reply.json()
     except UpstreamError as e:
@@ -147,6 +152,10 @@ async def _reply(ctx: RequestContext, chain: Chain, reply: UpstreamReply) -> web
         return web.Response(body=reply.body, status=reply.status,
                             headers={**reply.headers, **_head(ctx, "application/json")})
     ctx.usage = usage_of(payload)
+    if ctx.usage is None:  # a provider that reports none: count it (marked estimated)
+        estimate_reply(ctx, services.shared("tokens", TokenCounter), payload)
+    if ctx.tenant is not None and ctx.tenant.config.log_prompts:
+        ctx.completion_text = completion_text(payload)  # as the provider said it
     model = payload.get("model")
     ctx.response_model = model if isinstance(model, str) else None
     body = reply.body

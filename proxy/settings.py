@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="Serve /metrics on its own port as well."
     )
+    metrics_enabled: bool = Field(
+        True, description="Record Prometheus metrics per request (off: nothing is "
+        "recorded, the access log is unaffected; for overhead comparisons)."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = Field(True, description="One JSON line per request on stdout.")
     upstream_pool_size: int = Field(

@@ -1,0 +1,114 @@
+"""Usage for replies whose provider reported none: counted with a tokenizer, marked
+``estimated``.
+
+Budgets settle and telemetry reports tokens for every reply, so a provider that sends
+no ``usage`` (some vLLM/TGI builds, a stream cut off before its usage chunk, a client
+that hung up) still gets a figure: the prompt as Warden forwarded it and the completion
+text that came back, counted by ``tokens.TokenCounter``.
+
+Streams stay cheap on the fast path: ``StreamTap`` keeps a *reference* to each raw
+upstream event (no parsing, no copy) and is parsed only at the end, and only when no
+usage chunk arrived. Past ``TAP_LIMIT`` bytes it stops keeping events and counts one
+token per further event (OpenAI-style streams carry about one token per chunk), so a
+runaway stream cannot grow memory without bound.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from proxy import sse
+from proxy.context import RequestContext, Usage
+from proxy.tokens import TokenCounter
+
+TAP_LIMIT = 1 << 20  # bytes of raw events kept per stream (1 MiB)
+
+
+class StreamTap:
+    """Raw upstream events of one stream, kept until it is known whether usage came."""
+
+    __slots__ = ("events", "kept", "overflow")
+
+    def __init__(self) -> None:
+        self.events: list[bytes] = []
+        self.kept = 0
+        self.overflow = 0  # events not kept once TAP_LIMIT was reached
+
+    def add(self, raw: bytes) -> None:
+        if self.kept < TAP_LIMIT:
+            self.events.append(raw)
+            self.kept += len(raw)
+        else:
+            self.overflow += 1
+
+    def text(self) -> str:
+        return completion_text_of_events(self.events)
+
+
+def completion_text_of_events(events: Iterable[bytes]) -> str:
+    """The generated text of OpenAI-format stream events (content, refusals, tool-call
+    names and arguments); events that do not parse are skipped."""
+    parts: list[str] = []
+    for raw in events:
+        data = sse.event_data(raw)
+        if not data or data == sse.DONE:
+            continue
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            continue
+        if isinstance(chunk, dict):
+            for choice in chunk.get("choices") or ():
+                if isinstance(choice, dict):
+                    _texts(choice.get("delta"), parts)
+    return "".join(parts)
+
+
+def completion_text(payload: dict[str, Any]) -> str:
+    """The generated text of a non-streamed chat completion."""
+    parts: list[str] = []
+    for choice in payload.get("choices") or ():
+        if isinstance(choice, dict):
+            _texts(choice.get("message"), parts)
+    return "".join(parts)
+
+
+def _texts(message: Any, out: list[str]) -> None:
+    if not isinstance(message, dict):
+        return
+    for key in ("content", "refusal", "reasoning_content"):
+        value = message.get(key)
+        if isinstance(value, str):
+            out.append(value)
+    for call in message.get("tool_calls") or ():
+        fn = call.get("function") if isinstance(call, dict) else None
+        if isinstance(fn, dict):
+            out.extend(v for v in (fn.get("name"), fn.get("arguments")) if isinstance(v, str))
+
+
+def estimate(ctx: RequestContext, counter: TokenCounter, completion: str,
+             extra_completion_tokens: int = 0) -> Usage:
+    """Usage of ``ctx``'s request as sent upstream plus ``completion``, estimated."""
+    model = ctx.deployment.model if ctx.deployment is not None else ctx.model
+    if ctx.operation == "embeddings":
+        prompt = counter.count_input(ctx.body.get("input"), model)
+    else:
+        prompt = counter.count_messages(ctx.body.get("messages"), model)
+    completion_tokens = counter.count(completion, model) + extra_completion_tokens
+    return Usage(prompt_tokens=prompt, completion_tokens=completion_tokens, estimated=True)
+
+
+def estimate_stream(ctx: RequestContext, counter: TokenCounter, tap: StreamTap) -> None:
+    """At the end of a stream (clean or not): fill ``ctx.usage`` if the provider sent
+    none and the provider answered at all."""
+    if ctx.usage is None and ctx.deployment is not None and (tap.events or tap.overflow):
+        ctx.usage = estimate(ctx, counter, tap.text(), tap.overflow)
+
+
+def estimate_reply(ctx: RequestContext, counter: TokenCounter, payload: dict[str, Any]) -> None:
+    """After a non-streamed 2xx reply without usage."""
+    if ctx.usage is None:
+        text = completion_text(payload) if ctx.operation == "chat" else ""
+        ctx.usage = estimate(ctx, counter, text)
