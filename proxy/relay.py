@@ -139,9 +139,10 @@ async def relay_stream(
         async for raw in _after_first(stream, relay):
             now = time.perf_counter()
             ctx.upstream_s += now - waited
-            gaps.append(now - arrived)
-            arrived = now
             out = relay.event(raw)
+            if not relay.done:  # [DONE] is not an output chunk
+                gaps.append(now - arrived)
+                arrived = now
             if out:
                 await response.write(out)
                 if ctx.first_token_s is None:

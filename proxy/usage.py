@@ -44,13 +44,19 @@ class StreamTap:
             self.overflow += 1
 
     def text(self) -> str:
-        return completion_text_of_events(self.events)
+        return read_events(self.events)[0]
 
 
 def completion_text_of_events(events: Iterable[bytes]) -> str:
     """The generated text of OpenAI-format stream events (content, refusals, tool-call
     names and arguments); events that do not parse are skipped."""
+    return read_events(events)[0]
+
+
+def read_events(events: Iterable[bytes]) -> tuple[str, str | None]:
+    """(generated text, the model the provider named) of raw stream events."""
     parts: list[str] = []
+    model: str | None = None
     for raw in events:
         data = sse.event_data(raw)
         if not data or data == sse.DONE:
@@ -60,10 +66,12 @@ def completion_text_of_events(events: Iterable[bytes]) -> str:
         except ValueError:
             continue
         if isinstance(chunk, dict):
+            if model is None and isinstance(chunk.get("model"), str):
+                model = chunk["model"]
             for choice in chunk.get("choices") or ():
                 if isinstance(choice, dict):
                     _texts(choice.get("delta"), parts)
-    return "".join(parts)
+    return "".join(parts), model
 
 
 def completion_text(payload: dict[str, Any]) -> str:
@@ -104,7 +112,9 @@ def estimate_stream(ctx: RequestContext, counter: TokenCounter, tap: StreamTap) 
     """At the end of a stream (clean or not): fill ``ctx.usage`` if the provider sent
     none and the provider answered at all."""
     if ctx.usage is None and ctx.deployment is not None and (tap.events or tap.overflow):
-        ctx.usage = estimate(ctx, counter, tap.text(), tap.overflow)
+        text, model = read_events(tap.events)
+        ctx.usage = estimate(ctx, counter, text, tap.overflow)
+        ctx.response_model = ctx.response_model or model
 
 
 def estimate_reply(ctx: RequestContext, counter: TokenCounter, payload: dict[str, Any]) -> None:
