@@ -1,11 +1,13 @@
 """Counting tokens when a provider reports none, offline.
 
 tiktoken's encodings are loaded from the copies litellm ships in
-``litellm_core_utils/tokenizers`` (``TIKTOKEN_CACHE_DIR`` points there; litellm is
-located, never imported), so nothing is fetched at run time. OpenAI models get their own
-encoding; every other model is counted with ``cl100k_base``, an approximation that is
-good to ~10-20 % for Llama/Mistral/Claude-style vocabularies — which is why such counts
-are marked ``Usage.estimated``.
+``litellm_core_utils/tokenizers`` (``TIKTOKEN_CACHE_DIR`` is set there; litellm is
+located, never imported), so nothing is fetched at run time: only the two encodings
+litellm bundles are ever asked for. OpenAI models get their own (``o200k_base`` or
+``cl100k_base``); every other model is counted with ``cl100k_base``, an approximation
+that is good to ~10-20 % for Llama/Mistral/Claude-style vocabularies — which is why such
+counts are marked ``Usage.estimated``. Without the files, counts fall back to
+4 characters per token.
 
 Loading an encoding takes 0.1-0.3 s once per process; ``warm()`` does it off the event
 loop. Counting is microseconds per hundred tokens.
@@ -24,6 +26,7 @@ from typing import Any, Protocol
 log = logging.getLogger("warden.tokens")
 
 DEFAULT_ENCODING = "cl100k_base"
+SHIPPED = frozenset({"cl100k_base", "o200k_base"})  # the files litellm bundles
 # OpenAI's chat format adds a few tokens per message and three to prime the reply
 # (the formula in OpenAI's cookbook); close enough for other chat templates too.
 PER_MESSAGE = 3
@@ -44,13 +47,16 @@ def tokenizer_dir() -> Path | None:
 
 
 def encoding_name(model: str) -> str:
+    """The encoding to count ``model`` with: its own when it is one litellm ships a copy
+    of, else ``cl100k_base`` (tiktoken would download any other)."""
     import tiktoken.model
 
     name = model.rsplit("/", 1)[-1]
     try:
-        return tiktoken.model.encoding_name_for_model(name)
+        found = tiktoken.model.encoding_name_for_model(name)
     except KeyError:
         return DEFAULT_ENCODING
+    return found if found in SHIPPED else DEFAULT_ENCODING
 
 
 class TokenCounter:
@@ -69,10 +75,12 @@ class TokenCounter:
             if name in self._encodings:
                 return self._encodings[name]
             directory = tokenizer_dir()
-            if directory is not None:
-                # Only ever pointed at litellm's copies: never a download.
-                os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(directory))
             try:
+                if directory is None:
+                    raise FileNotFoundError("litellm's tokenizer files are not installed")
+                # Always litellm's copies: tiktoken downloads what its cache lacks, and
+                # Warden never downloads at run time.
+                os.environ["TIKTOKEN_CACHE_DIR"] = str(directory)
                 import tiktoken
 
                 enc: Encoding = tiktoken.get_encoding(name)

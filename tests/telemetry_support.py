@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import time
 from typing import Any
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.accesslog import LOGGER
 from proxy.appkeys import POLICIES
 from proxy.context import RequestContext
 from proxy.errors import PermissionDenied, RateLimited
@@ -41,10 +45,28 @@ def parse(text: str) -> Samples:
     return out
 
 
-def scrape(url: str) -> Samples:
-    r = httpx.get(f"{url}/metrics", timeout=30)
-    assert r.status_code == 200
-    return parse(r.text)
+def scrape(url: str, requests: float | None = None) -> Samples:
+    """/metrics, waiting (up to 5 s) until ``requests`` requests have been recorded:
+    a handler records after the last byte left, so a client can be a moment ahead."""
+    deadline = time.monotonic() + 5
+    while True:
+        r = httpx.get(f"{url}/metrics", timeout=30)
+        assert r.status_code == 200
+        samples = parse(r.text)
+        done = sum(v for (n, _), v in samples.items() if n == "warden_requests_total")
+        if requests is None or done >= requests or time.monotonic() > deadline:
+            return samples
+        time.sleep(0.02)
+
+
+def logged(caplog: pytest.LogCaptureFixture, count: int) -> list[dict[str, Any]]:
+    """The access-log records so far, waiting (up to 5 s) until there are ``count``."""
+    deadline = time.monotonic() + 5
+    while True:
+        records = [json.loads(r.getMessage()) for r in caplog.records if r.name == LOGGER]
+        if len(records) >= count or time.monotonic() > deadline:
+            return records
+        time.sleep(0.02)
 
 
 def ls(**labels: str) -> Labels:

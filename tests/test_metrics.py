@@ -81,7 +81,7 @@ def test_scripted_traffic_exact_counters(tstack: Stack) -> None:
     assert chat(s, "chat", "[[refuse:scope]]", key=KEY).status_code == 403
     assert chat(s, "chat", "[[refuse:rate]]", key=KEY).status_code == 429
 
-    m = scrape(s.proxy_url)
+    m = scrape(s.proxy_url, requests=11)
     assert m.label_sets("warden_requests_total") == {
         ls(tenant="acme", model="chat", outcome="ok"),
         ls(tenant="acme", model="quiet", outcome="ok"),
@@ -154,7 +154,7 @@ def test_provider_without_usage_gets_estimated_tokens(tstack: Stack) -> None:
     sent = s.mock_requests()[-1]["messages"]
     prompt = counter.count_messages(sent, "gpt-4o-mini")
     completion = counter.count(f"Echo: {text}", "gpt-4o-mini")
-    m = scrape(s.proxy_url)
+    m = scrape(s.proxy_url, requests=2)
     est = {"tenant": "acme", "model": "quiet"}
     assert m.get_value("warden_estimated_tokens_total", **est, gen_ai_token_type="input") == \
         2 * prompt
@@ -167,14 +167,14 @@ def test_provider_without_usage_gets_estimated_tokens(tstack: Stack) -> None:
     assert m.get_value("warden_cost_usd_total", tenant="acme", model="quiet") > 0
     # A provider that reports usage is never estimated.
     assert chat(s, "chat", text, key=KEY, stream=True).status_code == 200
-    m = scrape(s.proxy_url)
+    m = scrape(s.proxy_url, requests=3)
     assert [v for _, v in m.matching("warden_estimated_tokens_total", model="chat")] == [0, 0]
 
 
 def test_stream_cut_mid_way_is_an_error_with_estimated_usage(tstack: Stack) -> None:
     r = chat(tstack, "cut", "one two three four five six", key=KEY, stream=True)
     assert r.status_code == 200 and b'"error"' in r.content  # failed after the head
-    m = scrape(tstack.proxy_url)
+    m = scrape(tstack.proxy_url, requests=1)
     assert m.get_value("warden_requests_total", tenant="acme", model="cut",
                        outcome="error") == 1
     labels = {**GENAI, "gen_ai_request_model": "cut", "gen_ai_response_model": "gpt-4o-mini"}
@@ -259,7 +259,7 @@ def test_exported_buckets_are_the_conventions(tstack: Stack) -> None:
     empty = parse(Metrics(access_log_enabled=False).render().decode())
     assert list(empty) == [("warden_store_fail_open", frozenset())]  # no label sets yet
     assert chat(tstack, "chat", "hi", key=KEY, stream=True).status_code == 200
-    m = scrape(tstack.proxy_url)
+    m = scrape(tstack.proxy_url, requests=1)
     for name, bounds in SPEC_BUCKETS.items():
         les = {float(dict(lab)["le"]) for lab in m.label_sets(name)}
         assert les == {*map(float, bounds), float("inf")}, name
@@ -352,7 +352,7 @@ def test_metrics_on_their_own_port(tstack: Stack, tmp_path: Path) -> None:
         r = httpx.post(f"{url}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
                        json={"model": "chat", "messages": [{"role": "user", "content": "hi"}]})
         assert r.status_code == 200
-        m = scrape(f"http://127.0.0.1:{mport}")
+        m = scrape(f"http://127.0.0.1:{mport}", requests=1)
         assert m.get_value("warden_requests_total", tenant="acme", model="chat",
                            outcome="ok") == 1
         # The metrics port serves nothing else.
@@ -378,7 +378,7 @@ def test_multiprocess_workers_aggregate(tstack: Stack, tmp_path: Path) -> None:
                                      "messages": [{"role": "user", "content": "hi"}]})
                 assert r.status_code == 200
         for port in (port_a, port_b):
-            m = scrape(f"http://127.0.0.1:{port}")
+            m = scrape(f"http://127.0.0.1:{port}", requests=5)
             assert m.get_value("warden_requests_total", tenant="acme", model="chat",
                                outcome="ok") == 5
             assert m.get_value("gen_ai_client_token_usage_count", **GENAI,
