@@ -24,6 +24,14 @@ log = logging.getLogger("warden.pipeline")
 Chunk = dict[str, Any]
 
 
+class RetryUpstream(Exception):
+    """Raised by ``on_response`` (or by ``on_stream_end`` while no chunk has reached the
+    client) to ask for one more upstream call with the unchanged body; the reply of that
+    call runs through the response hooks again. The route retries at most once per
+    request, so the policy must refuse (not ask again) when the second reply fails too.
+    """
+
+
 class Policy:
     """Base class of a policy. Override only the hooks you need.
 
