@@ -85,9 +85,8 @@ class ScopeConfig(Frozen):
 
 def _short(value: object) -> str:
     """A user-controlled value, cut so a refusal never carries a payload back."""
-    text = value if isinstance(value, str) else repr(value)
-    text = text.replace("\n", " ")
-    return repr(text if len(text) <= _ECHO_MAX else text[:_ECHO_MAX] + "...")
+    text = repr(value).replace("\\n", " ")
+    return text if len(text) <= _ECHO_MAX else text[:_ECHO_MAX] + "..."
 
 
 def _listing(items: list[str]) -> str:
