@@ -25,10 +25,10 @@ Chunk = dict[str, Any]
 
 
 class RetryUpstream(Exception):
-    """Raised by ``on_response`` (or by ``on_stream_end`` while no chunk has reached the
-    client) to ask for one more upstream call with the unchanged body; the reply of that
-    call runs through the response hooks again. The route retries at most once per
-    request, so the policy must refuse (not ask again) when the second reply fails too.
+    """Raised by ``on_response`` to ask for one more upstream call with the unchanged
+    body; that call's reply runs through the response hooks again. The route retries
+    at most once per request, so a policy must refuse (not ask again) when the second
+    reply fails too. Not for stream hooks: a stream's head is already sent by then.
     """
 
 

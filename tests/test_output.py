@@ -336,19 +336,12 @@ async def test_stream_strict_invalid_releases_nothing() -> None:
     assert "'age' is a required property" in err.message
 
 
-async def test_stream_strict_retry_starts_over() -> None:
+async def test_stream_strict_with_retry_configured_refuses() -> None:
+    # The stream's head is already sent when the reply ends: no second attempt.
     p = policy(strict=True, on_failure="retry")
     ctx = chat(stream=True, response_format=json_schema_format(PERSON))
-    chain = Chain([p])
-    await chain.request(ctx)
-    for chunk in content_chunks("nope"):
-        chain.chunk(ctx, chunk)
-    with pytest.raises(RetryUpstream):
-        await chain.stream_end(ctx)
-    # The second attempt's stream is judged alone (the first one's text is forgotten).
-    good = content_chunks('{"name": "B", "age": 2}')
-    assert [c for chunk in good for c in chain.chunk(ctx, chunk)] == []
-    assert await chain.stream_end(ctx) == good
+    await filtered(stream(p, ctx, content_chunks("nope")))
+    assert [d.action for d in ctx.decisions] == ["block"]
 
 
 async def test_stream_tool_call_arguments() -> None:

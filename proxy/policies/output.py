@@ -40,7 +40,8 @@ What a client sees when a contract fails:
   Nothing is retried: part of the reply was already delivered.
 - streamed, ``strict: true``: every chunk is held (the client receives only the
   response head) until the reply is complete and valid, then all chunks are released
-  at once; an invalid reply yields only the error event. Strict streams may retry.
+  at once; an invalid reply yields only the error event. Streams are never retried
+  (the response head is sent when the first chunk arrives; see ``RetryUpstream``).
 """
 
 from __future__ import annotations
@@ -351,11 +352,10 @@ class OutputPolicy(Policy):
             error = self._check(contract, content, state.refusal, calls,
                                 calls_present=has_calls)
             if error is not None:
-                # Only a strict stream has sent nothing yet and so may be asked again.
-                self._fail(ctx, contract, f"choices[{index}].{error}",
-                           retry=contract.rules.strict)
+                # A stream's head is sent: refuse, never retry (see RetryUpstream).
+                self._fail(ctx, contract, f"choices[{index}].{error}", retry=False)
         if not contract.choices and contract.content:
-            self._fail(ctx, contract, "the stream carried no reply", retry=contract.rules.strict)
+            self._fail(ctx, contract, "the stream carried no reply", retry=False)
         ctx.decide(self.name, "pass", "valid")
         held, contract.held = contract.held, []
         return held
@@ -414,10 +414,6 @@ class OutputPolicy(Policy):
         if retry and contract.rules.on_failure == "retry" and not ctx.get(_RETRIED):
             ctx.set(_RETRIED, True)
             ctx.decide(self.name, "retry", "schema")
-            # A retried stream starts over: forget what the first attempt said.
-            contract.choices.clear()
-            contract.held.clear()
-            contract.size = 0
             raise RetryUpstream("output contract failed")
         ctx.decide(self.name, "block", "schema")
         message = f"output: the reply breaks its contract: {error}"
