@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy import jsonbody, validate
-from proxy.appkeys import POLICIES, SERVICES, UPSTREAM
+from proxy.appkeys import POLICIES, SERVICES, SETTINGS, UPSTREAM
 from proxy.context import Operation, RequestContext, Usage
 from proxy.errors import (
     BadRequest,
@@ -62,10 +62,9 @@ async def read_json(request: web.Request) -> Any:
         raise UnsupportedMediaType(f"Content-Type must be application/json, got {ctype!r}")
     try:
         raw = await request.read()
-    except web.HTTPRequestEntityTooLarge as e:
-        raise PayloadTooLarge(
-            f"request body exceeds the limit of {e.max_size} bytes"
-        ) from None
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[SETTINGS].max_body_bytes
+        raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes") from None
     if not raw:
         raise BadRequest("request body is empty; expected a JSON object")
     return jsonbody.loads(raw)
