@@ -193,6 +193,15 @@ async def test_topic_deny_is_whole_word_and_case_insensitive() -> None:
     assert "'medical advice'" in err.message
 
 
+async def test_topic_matching_is_caseless_in_the_unicode_sense() -> None:
+    p = policy(topics={"deny": ["weapons", "Straße"]})
+    err = await refused(p, chat(messages=[{"role": "user", "content": "WEAPON\u017f now"}]))
+    assert "'weapons'" in err.message
+    err = await refused(p, chat(messages=[{"role": "user", "content": "the STRASSE"}]))
+    assert "'Straße'" in err.message
+    await p.on_request(chat(messages=[{"role": "user", "content": "strassed weaponsmith"}]))
+
+
 async def test_topic_roles_limit_what_is_read() -> None:
     p = policy(topics={"deny": ["weapons"]})
     # The system prompt may mention it; only user messages are read by default.

@@ -93,18 +93,36 @@ def _listing(items: list[str]) -> str:
     return ", ".join(items) if items else "none"
 
 
-def _keyword_pattern(words: list[str]) -> re.Pattern[str] | None:
-    """One alternation for all keywords. Lookarounds instead of ``\\b`` so keywords that
-    begin or end with a non-word character ("c++", ".net") still match as whole words;
-    inner whitespace matches any run of whitespace."""
-    if not words:
-        return None
-    alts = sorted(
-        (r"\s+".join(re.escape(part) for part in w.split()) for w in words),
-        key=len,
-        reverse=True,
-    )
-    return re.compile(r"(?<!\w)(?:" + "|".join(alts) + r")(?!\w)", re.IGNORECASE)
+class KeywordMatcher:
+    """Whole-word, case-insensitive search for a list of words and phrases.
+
+    Text and keywords are compared casefolded (Unicode's caseless matching: the long s
+    folds to "s", the sharp s to "ss"), so odd capitals do not slip past a deny list.
+    A substring test on each keyword's first word skips the regex for the common case
+    of no hit; the regex then checks word boundaries, with lookarounds instead of
+    ``\\b`` so keywords that begin or end with a non-word character ("c++", ".net")
+    still match, and any run of whitespace between the words of a phrase.
+    """
+
+    __slots__ = ("_by_folded", "_needles", "_pattern")
+
+    def __init__(self, words: list[str]) -> None:
+        folded = [" ".join(w.casefold().split()) for w in words]
+        self._by_folded = dict(zip(folded, words, strict=True))
+        self._needles = tuple({f.split(" ")[0] for f in folded})
+        alts = sorted((r"\s+".join(re.escape(p) for p in f.split(" ")) for f in folded),
+                      key=len, reverse=True)
+        self._pattern = re.compile(r"(?<!\w)(?:" + "|".join(alts) + r")(?!\w)")
+
+    def search(self, text: str) -> str | None:
+        """The configured keyword found in ``text``, or None."""
+        folded = text.casefold()
+        if not any(n in folded for n in self._needles):
+            return None
+        hit = self._pattern.search(folded)
+        if hit is None:
+            return None
+        return self._by_folded.get(" ".join(hit.group(0).split()), hit.group(0))
 
 
 def message_text(message: Any) -> str:
@@ -181,8 +199,8 @@ class ScopePolicy(Policy):
         self.config = config
         self._tools = frozenset(config.tools) if config.tools is not None else None
         topics = config.topics
-        self._deny = _keyword_pattern(topics.deny) if topics else None
-        self._allow = _keyword_pattern(topics.allow) if topics else None
+        self._deny = KeywordMatcher(topics.deny) if topics and topics.deny else None
+        self._allow = KeywordMatcher(topics.allow) if topics and topics.allow else None
         self._topic_roles = frozenset(topics.roles) if topics else frozenset()
 
     def _refuse(self, ctx: RequestContext, reason: str, message: str, param: str) -> NoReturn:
@@ -251,9 +269,8 @@ class ScopePolicy(Policy):
             if not isinstance(message, dict) or message.get("role") not in self._topic_roles:
                 continue
             text = message_text(message)
-            if self._deny is not None and (hit := self._deny.search(text)):
+            if self._deny is not None and (keyword := self._deny.search(text)) is not None:
                 # The keyword is the tenant's own configuration: safe to name.
-                keyword = self._matched_keyword(hit.group(0))
                 self._refuse(ctx, "topic_denied", f"messages[{i}] mentions the denied topic "
                              f"{keyword!r}", f"messages[{i}].content")
             if self._allow is not None and not allow_seen and self._allow.search(text):
@@ -263,15 +280,6 @@ class ScopePolicy(Policy):
             allow = topics.allow if topics else []
             self._refuse(ctx, "topic_not_allowed", "no message mentions an allowed topic "
                          f"(allowed: {_listing(allow)})", "messages")
-
-    def _matched_keyword(self, matched: str) -> str:
-        topics = self.config.topics
-        folded = " ".join(matched.split()).casefold()
-        for word in topics.deny if topics else []:
-            if " ".join(word.split()).casefold() == folded:
-                return word
-        return folded
-
 
 def build(config: ScopeConfig, services: Services) -> ScopePolicy:
     return ScopePolicy(config)
