@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,8 @@ import pytest
 from proxy.context import RequestContext
 from proxy.errors import BadRequest, ContentFiltered
 from proxy.pipeline import Chain, Chunk, RetryUpstream
-from proxy.policies.output import OutputConfig, OutputPolicy, ValidatorCache
+from proxy.policies.output import OutputConfig, OutputPolicy
+from proxy.schemas import ValidatorCache
 from proxy.tenants import PolicyError, parse_policy_file
 
 PERSON = {
@@ -202,6 +204,17 @@ async def test_unresolvable_ref_fails_closed() -> None:
     assert "cannot be resolved" in err.message
 
 
+async def test_hostile_request_pattern_costs_one_request_not_the_event_loop() -> None:
+    p = policy()
+    ctx = chat(response_format=json_schema_format({"type": "string", "pattern": "^(a|aa)+$"}))
+    await p.on_request(ctx)
+    started = time.perf_counter()
+    err = await filtered(p.on_response(ctx, reply(json.dumps("a" * 40 + "!"))))
+    # Python's re: ~40 s (measured 0.3 s at 30 characters, x1.6 per character).
+    assert time.perf_counter() - started < 1.0
+    assert "took too long to evaluate" in err.message
+
+
 async def test_invalid_request_schema_is_a_bad_request() -> None:
     p = policy()
     ctx = chat(response_format=json_schema_format({"type": "no-such-type"}))
@@ -389,19 +402,6 @@ async def test_stream_too_large_to_validate_is_refused_mid_stream() -> None:
 # -- validators and config -----------------------------------------------------------
 
 
-def test_validator_cache_compiles_once_and_is_bounded() -> None:
-    cache = ValidatorCache(size=2)
-    a = cache.get({"type": "object"})
-    assert cache.get({"type": "object"}) is a
-    # Same schema, different key order: same hash.
-    s1 = {"type": "object", "required": ["x"]}
-    s2 = {"required": ["x"], "type": "object"}
-    assert cache.get(s1) is cache.get(s2)
-    cache.get({"type": "array"})
-    assert len(cache) == 2
-    assert cache.get({"type": "object"}) is not a  # evicted, compiled anew
-
-
 async def test_policies_share_the_cache_across_requests() -> None:
     cache = ValidatorCache()
     p = policy(cache)
@@ -425,6 +425,10 @@ def test_bad_tenant_schema_is_a_policy_error(tmp_path: Path) -> None:
     with pytest.raises(PolicyError) as info:
         parse_policy_file(path)
     assert info.value.key == "output.models.m.schema"
+    # YAML turns an unquoted date into a date object: not JSON, so not a schema.
+    path.write_text(body.replace("{type: integr}", "{const: 2024-01-01}"))
+    with pytest.raises(PolicyError, match="not plain JSON"):
+        parse_policy_file(path)
     path.write_text(body.replace("integr", "integer"))
     cfg = parse_policy_file(path)
     assert cfg.output is not None and cfg.output.reply_schema is not None

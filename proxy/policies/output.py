@@ -46,20 +46,18 @@ What a client sees when a contract fails:
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Literal, NoReturn
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError, best_match
+from jsonschema.exceptions import SchemaError
+from jsonschema.protocols import Validator
 from pydantic import Field, field_validator
-from referencing.exceptions import Unresolvable
 
 from proxy.context import RequestContext, StateKey
 from proxy.errors import BadRequest, ContentFiltered
 from proxy.pipeline import Chunk, Policy, RetryUpstream
+from proxy.schemas import ValidatorCache, check_schema, first_error
 from proxy.services import Services
 from proxy.tenants import Frozen
 
@@ -70,7 +68,7 @@ _OBJECT_SCHEMA: dict[str, Any] = {"type": "object"}
 def _check_schema(schema: dict[str, Any] | None) -> dict[str, Any] | None:
     if schema is not None:
         try:
-            Draft202012Validator.check_schema(schema)
+            check_schema(schema)
         except SchemaError as e:
             where = "/".join(str(p) for p in e.path) or "(root)"
             raise ValueError(f"invalid JSON Schema at {where}: {e.message}") from None
@@ -134,34 +132,6 @@ def resolve(config: OutputConfig, model: ModelContract | None) -> Resolved:
     )
 
 
-class ValidatorCache:
-    """Compiled validators by schema hash, least recently used evicted. One per process
-    (``Services.shared``): agents send the same tool schemas on every turn."""
-
-    def __init__(self, size: int = 512) -> None:
-        self._size = size
-        self._items: OrderedDict[bytes, Draft202012Validator] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def get(self, schema: dict[str, Any]) -> Draft202012Validator:
-        """Raises ``SchemaError`` for a schema that is not valid JSON Schema."""
-        key = hashlib.sha256(
-            json.dumps(schema, sort_keys=True, separators=(",", ":")).encode()
-        ).digest()
-        found = self._items.get(key)
-        if found is not None:
-            self._items.move_to_end(key)
-            return found
-        Draft202012Validator.check_schema(schema)
-        validator = Draft202012Validator(schema)
-        self._items[key] = validator
-        if len(self._items) > self._size:
-            self._items.popitem(last=False)
-        return validator
-
-
 @dataclass(slots=True)
 class _Choice:
     """What one streamed choice has said so far (only what a contract reads)."""
@@ -177,8 +147,8 @@ class _Contract:
     """Per-request state: the validators that apply and, for streams, what was said."""
 
     rules: Resolved
-    content: list[tuple[str, Draft202012Validator]]
-    tools: dict[str, Draft202012Validator] | None
+    content: list[tuple[str, Validator]]
+    tools: dict[str, Validator] | None
     choices: dict[int, _Choice] = field(default_factory=dict)
     held: list[Chunk] = field(default_factory=list)
     size: int = 0
@@ -207,7 +177,7 @@ class OutputPolicy(Policy):
         if ctx.operation != "chat":
             return
         rules = self._by_model.get(ctx.model or str(ctx.body.get("model")), self._default)
-        content: list[tuple[str, Draft202012Validator]] = []
+        content: list[tuple[str, Validator]] = []
         if rules.schema is not None:
             content.append(("the tenant's schema", self.cache.get(rules.schema)))
         if rules.request_schemas:
@@ -216,7 +186,7 @@ class OutputPolicy(Policy):
         if content or tools is not None:
             ctx.set(_CONTRACT, _Contract(rules, content, tools))
 
-    def _compile(self, schema: object, param: str) -> Draft202012Validator:
+    def _compile(self, schema: object, param: str) -> Validator:
         if not isinstance(schema, dict):
             raise BadRequest(f"output: {param} must be a JSON Schema object", param=param)
         try:
@@ -227,7 +197,7 @@ class OutputPolicy(Policy):
                 f"output: {param} is not a valid JSON Schema: {e.message}"[:300], param=param
             ) from None
 
-    def _request_schema(self, body: dict[str, Any]) -> list[tuple[str, Draft202012Validator]]:
+    def _request_schema(self, body: dict[str, Any]) -> list[tuple[str, Validator]]:
         fmt = body.get("response_format")
         if not isinstance(fmt, dict):
             return []
@@ -241,7 +211,7 @@ class OutputPolicy(Policy):
         param = "response_format.json_schema.schema"
         return [("response_format.json_schema", self._compile(schema, param))]
 
-    def _tool_schemas(self, body: dict[str, Any]) -> dict[str, Draft202012Validator] | None:
+    def _tool_schemas(self, body: dict[str, Any]) -> dict[str, Validator] | None:
         declared: list[tuple[str, object, str]] = []
         tools = body.get("tools")
         for i, tool in enumerate(tools if isinstance(tools, list) else []):
@@ -387,14 +357,14 @@ class OutputPolicy(Policy):
         except ValueError as e:
             return f"content: not valid JSON ({e})"
         for label, validator in contract.content:
-            error = _first_error(validator, document)
+            error = first_error(validator, document)
             if error is not None:
                 return f"content does not match {label}: {error}"
         return None
 
     @staticmethod
     def _check_call(
-        schemas: dict[str, Draft202012Validator], name: object, arguments: object
+        schemas: dict[str, Validator], name: object, arguments: object
     ) -> str | None:
         if not isinstance(name, str) or name not in schemas:
             shown = name[:48] if isinstance(name, str) else name
@@ -405,7 +375,7 @@ class OutputPolicy(Policy):
             document = json.loads(text) if text.strip() else {}
         except ValueError as e:
             return f"for {name!r}: not valid JSON ({e})"
-        error = _first_error(schemas[name], document)
+        error = first_error(schemas[name], document)
         return None if error is None else f"for {name!r} do not match its parameters: {error}"
 
     def _fail(
@@ -423,16 +393,5 @@ class OutputPolicy(Policy):
         raise ContentFiltered(message)
 
 
-def _first_error(validator: Draft202012Validator, document: object) -> str | None:
-    try:
-        error = best_match(validator.iter_errors(document))
-    except Unresolvable as e:
-        # A $ref Warden cannot resolve (it fetches nothing): fail closed.
-        return f"the schema has a $ref that cannot be resolved ({e})"
-    if error is None:
-        return None
-    return f"at {error.json_path}: {error.message}"
-
-
 def build(config: OutputConfig, services: Services) -> OutputPolicy:
-    return OutputPolicy(config, services.shared("output.validators", ValidatorCache))
+    return OutputPolicy(config, services.shared("schemas.validators", ValidatorCache))
