@@ -163,5 +163,5 @@ def test_no_500_for_policy_dir_listing(tmp_path: Path) -> None:
     """An empty policy directory is a clear startup error, not a crash later."""
     from proxy.tenants import PolicyError, load_configs
 
-    with pytest.raises(PolicyError, match="no \\*.yaml policy files"):
+    with pytest.raises(PolicyError, match=r"no \*\.yaml policy files"):
         load_configs(tmp_path)
