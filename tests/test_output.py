@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from proxy.context import RequestContext
 from proxy.errors import BadRequest, ContentFiltered
 from proxy.pipeline import Chain, Chunk, RetryUpstream
 from proxy.policies.output import OutputConfig, OutputPolicy
+from proxy.policies.scope import ScopeConfig
 from proxy.schemas import ValidatorCache
 from proxy.tenants import PolicyError, parse_policy_file
 
@@ -432,3 +435,14 @@ def test_bad_tenant_schema_is_a_policy_error(tmp_path: Path) -> None:
     path.write_text(body.replace("integr", "integer"))
     cfg = parse_policy_file(path)
     assert cfg.output is not None and cfg.output.reply_schema is not None
+
+
+def test_documented_examples_are_valid() -> None:
+    """The YAML examples in docs/policies.md load (docs that do not parse mislead)."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "policies.md").read_text()
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", doc, re.S)]
+    sections = {key: value for block in blocks for key, value in block.items()}
+    assert set(sections) >= {"scope", "output"}
+    ScopeConfig.model_validate(sections["scope"])
+    cfg = OutputConfig.model_validate(sections["output"])
+    assert cfg.models["gpt-4o-mini"].reply_schema is not None
