@@ -76,10 +76,10 @@ def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
 def test_duplicate_tenants_and_keys_are_rejected(tmp_path: Path) -> None:
     write(tmp_path, "a.yaml", GOOD)
     write(tmp_path, "b.yaml", {**GOOD, "tenant": "other"})
-    with pytest.raises(PolicyError, match="key also used in a.yaml"):
+    with pytest.raises(PolicyError, match=r"key also used in a\.yaml"):
         load_configs(tmp_path)
     write(tmp_path, "b.yaml", GOOD | {"keys": ["vk-other-key-1"]})
-    with pytest.raises(PolicyError, match="'research' is also defined in a.yaml"):
+    with pytest.raises(PolicyError, match=r"'research' is also defined in a\.yaml"):
         load_configs(tmp_path)
 
 
