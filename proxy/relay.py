@@ -122,12 +122,20 @@ async def relay_stream(
     error event and a clean close. A client that hangs up closes the upstream stream.
     """
     relay = StreamRelay(ctx, chain)
-    first = relay.event(stream.first)
-    response.headers.update(ctx.response_headers)
-    # For a stream the header can only say what Warden spent before the head left
-    # (auth, policies, the first event); the whole-stream figure is in the access log.
-    response.headers["x-warden-overhead-ms"] = f"{ctx.overhead() * 1000:.3f}"
-    await response.prepare(request)
+    try:
+        first = relay.event(stream.first)
+        response.headers.update(ctx.response_headers)
+        # For a stream the header can only say what Warden spent before the head left
+        # (auth, policies, the first event); the whole-stream figure is in the access log.
+        response.headers["x-warden-overhead-ms"] = f"{ctx.overhead() * 1000:.3f}"
+        await response.prepare(request)
+    except UpstreamError as e:
+        await stream.aclose()
+        raise UpstreamFailed(f"provider stream is unreadable: {e}") from None
+    except BaseException:
+        # Nothing was sent yet: the route turns this into an ordinary error reply.
+        await stream.aclose()
+        raise
     ctx.status = 200
     gaps = ctx.chunk_gaps
     try:

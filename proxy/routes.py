@@ -18,7 +18,7 @@ from aiohttp import web
 
 from proxy import jsonbody, validate
 from proxy.appkeys import POLICIES, SERVICES, SETTINGS, UPSTREAM
-from proxy.context import Operation, RequestContext
+from proxy.context import Operation, RequestContext, Usage
 from proxy.errors import (
     BadRequest,
     ModelNotFound,
@@ -27,7 +27,7 @@ from proxy.errors import (
     UpstreamFailed,
     WardenError,
 )
-from proxy.pipeline import Chain
+from proxy.pipeline import Chain, RetryUpstream
 from proxy.policies.auth import authenticate
 from proxy.relay import force_stream_usage, relay_stream, usage_of
 from proxy.services import Services
@@ -117,7 +117,20 @@ async def _proxied(request: web.Request, ctx: RequestContext, chain: Chain) -> w
         force_stream_usage(ctx)
     result = await app[UPSTREAM].call(ctx, ctx.body)
     if isinstance(result, UpstreamReply):
-        return await _reply(ctx, chain, result, app[SERVICES])
+        services = app[SERVICES]
+        try:
+            return await _reply(ctx, chain, result, services)
+        except RetryUpstream:
+            # A response hook rejected the reply (an output contract): one more call
+            # with the same body; both calls' tokens count.
+            spent = ctx.usage
+        again = await app[UPSTREAM].call(ctx, ctx.body)
+        if not isinstance(again, UpstreamReply):
+            raise UpstreamFailed("provider streamed a reply to a plain request")
+        try:
+            return await _reply(ctx, chain, again, services, spent)
+        except RetryUpstream:  # a policy must refuse the second time; never loop
+            raise UpstreamFailed("the provider's reply was rejected twice") from None
     response = web.StreamResponse(status=200, headers=_head(ctx, "text/event-stream"))
     response.headers["Cache-Control"] = "no-cache"
     await relay_stream(request, response, ctx, chain, result)
@@ -134,8 +147,10 @@ def _head(ctx: RequestContext, content_type: str) -> dict[str, str]:
     return headers
 
 
-async def _reply(ctx: RequestContext, chain: Chain, reply: UpstreamReply,
-                 services: Services) -> web.Response:
+async def _reply(
+    ctx: RequestContext, chain: Chain, reply: UpstreamReply, services: Services,
+    spent: Usage | None = None,
+) -> web.Response:
     try:
         payload = reply.json()
     except UpstreamError as e:
@@ -155,6 +170,11 @@ async def _reply(ctx: RequestContext, chain: Chain, reply: UpstreamReply,
         estimate_reply(ctx, services.shared("tokens", TokenCounter), payload)
     if ctx.tenant is not None and ctx.tenant.config.log_prompts:
         ctx.completion_text = completion_text(payload)  # as the provider said it
+    if spent is not None:  # an earlier attempt of this request, rejected by a policy
+        now = ctx.usage or Usage()
+        ctx.usage = Usage(spent.prompt_tokens + now.prompt_tokens,
+                          spent.completion_tokens + now.completion_tokens,
+                          estimated=spent.estimated or now.estimated)
     model = payload.get("model")
     ctx.response_model = model if isinstance(model, str) else None
     body = reply.body
