@@ -1,9 +1,10 @@
 """The structured access log: one JSON line per proxied request on ``warden.access``.
 
 What a line holds: request id, tenant, operation, model, stream, status, outcome and
-error type, the provider and deployment that answered, every attempt (deployment,
-status, reason, ms), tokens in/out and whether they were estimated, cost in USD,
-latency, time to first token, Warden's overhead, policy decisions, flags, and the
+error type, the provider and deployment that answered, every attempt as
+``[deployment, status, reason, ms]``, tokens in/out and whether they were estimated,
+cost in USD, latency, time to first token, Warden's overhead, policy decisions as
+``[policy, action, reason]`` (compact arrays: cheaper to write, easy to query), flags, the
 AutoGen identity the client sent (``X-Warden-Agent`` -> ``agent``,
 ``X-Warden-Conversation`` -> ``conversation``; truncated to 128 characters).
 
@@ -62,8 +63,8 @@ def line(ctx: RequestContext, outcome: str, elapsed: float, overhead: float) -> 
         "provider": deployment.provider if deployment is not None else None,
         "deployment": deployment.label if deployment is not None else None,
         "response_model": ctx.response_model,
-        "attempts": [{"deployment": a.deployment, "status": a.status, "reason": a.reason,
-                      "ms": _ms(a.duration_s)} for a in ctx.attempts],
+        "attempts": [[a.deployment, a.status, a.reason, _ms(a.duration_s)]
+                     for a in ctx.attempts],
         "prompt_tokens": usage.prompt_tokens if usage is not None else None,
         "completion_tokens": usage.completion_tokens if usage is not None else None,
         "tokens_estimated": usage.estimated if usage is not None else None,
@@ -72,8 +73,7 @@ def line(ctx: RequestContext, outcome: str, elapsed: float, overhead: float) -> 
         "ttft_ms": _ms(ctx.first_token_s),
         "overhead_ms": _ms(overhead),
         "chunks": ctx.chunks if ctx.stream else None,
-        "decisions": [{"policy": d.policy, "action": d.action, "reason": d.reason}
-                      for d in ctx.decisions],
+        "decisions": [[d.policy, d.action, d.reason] for d in ctx.decisions],
         "flags": ctx.flags or None,
         "agent": ctx.client_headers.get("x-warden-agent"),
         "conversation": ctx.client_headers.get("x-warden-conversation"),
