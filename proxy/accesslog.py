@@ -13,20 +13,25 @@ No prompt or completion text, unless the tenant's policy file says
 forwarded to the provider* and ``completion`` the text the provider returned, before
 any restoration: with PII redaction on, the log holds placeholders, not the values.
 
-The logger's handlers decide where lines go (``warden serve`` writes them to stdout,
-bare); a logger that is not enabled for INFO costs one check per request.
+``warden serve`` writes the lines to stdout directly (see ``AccessLog``); embedded, they
+go to the ``warden.access`` logger, whose handlers decide where (a logger that is not
+enabled for INFO costs one check per request).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, TextIO
 
 from proxy.context import RequestContext
 
 LOGGER = "warden.access"
+FLUSH_S = 0.1  # seconds a line may wait in the queue
+BATCH = 64  # lines queued before a write is forced
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
 
 
@@ -34,24 +39,76 @@ def _ms(seconds: float | None) -> float | None:
     return round(seconds * 1000, 3) if seconds is not None else None
 
 
-class AccessLog:
-    __slots__ = ("_log",)
+Pending = tuple[RequestContext, str, float, float, float]
 
-    def __init__(self, logger: logging.Logger | None = None) -> None:
+
+class AccessLog:
+    """Writes lines to a text stream (``warden serve``: stdout) or, when given none, to
+    the ``warden.access`` logger (embedding, tests with ``caplog``), right away.
+
+    The stream path keeps the request path to one list append: the finished context is
+    queued and the lines are built, encoded and written in one batch ``FLUSH_S`` later
+    (or once ``BATCH`` are waiting), on the event loop, after the replies left. A line
+    costs ~10 µs to build and encode and the logging machinery ~20 µs more (record
+    object, caller lookup, lock, a flush syscall per line); none of it is in a reply's
+    latency, and a burst costs one write and one flush. The price: a process killed
+    with SIGKILL loses at most the last ``FLUSH_S`` of lines (``flush()`` at shutdown
+    writes the rest).
+    """
+
+    __slots__ = ("_flush_pending", "_log", "_pending", "_stream")
+
+    def __init__(self, logger: logging.Logger | None = None,
+                 stream: TextIO | None = None) -> None:
         self._log = logger or logging.getLogger(LOGGER)
+        self._stream = stream
+        self._pending: list[Pending] = []
+        self._flush_pending = False
 
     def write(self, ctx: RequestContext, outcome: str, elapsed: float, overhead: float) -> None:
-        if not self._log.isEnabledFor(logging.INFO):
+        if self._stream is None:
+            if self._log.isEnabledFor(logging.INFO):
+                record = line(ctx, outcome, elapsed, overhead, time.time())
+                self._log.info(_encode(record))
             return
-        self._log.info(_encode(line(ctx, outcome, elapsed, overhead)))
+        # The context is finished (every hook ran): safe to read later.
+        self._pending.append((ctx, outcome, elapsed, overhead, time.time()))
+        if len(self._pending) == BATCH:
+            self._schedule(0.0)  # soon, but after this reply left
+        elif not self._flush_pending:
+            self._flush_pending = True
+            self._schedule(FLUSH_S)
+
+    def _schedule(self, delay: float) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a script): write now
+            self.flush()
+            return
+        if delay:
+            loop.call_later(delay, self.flush)
+        else:
+            loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write every queued line and flush the stream (also called at shutdown)."""
+        self._flush_pending = False
+        pending, self._pending = self._pending, []
+        if self._stream is None or not pending:
+            return
+        text = "".join(_encode(line(*p)) + "\n" for p in pending)
+        with contextlib.suppress(OSError, ValueError):  # stdout gone: never fail a request
+            self._stream.write(text)
+            self._stream.flush()
 
 
-def line(ctx: RequestContext, outcome: str, elapsed: float, overhead: float) -> dict[str, Any]:
+def line(ctx: RequestContext, outcome: str, elapsed: float, overhead: float,
+         ts: float) -> dict[str, Any]:
     """The access-log record of one request (a dict, JSON-encoded by the caller)."""
     usage = ctx.usage
     deployment = ctx.deployment
     record: dict[str, Any] = {
-        "ts": round(time.time(), 3),
+        "ts": round(ts, 3),
         "request_id": ctx.request_id,
         "tenant": ctx.tenant.name if ctx.tenant is not None else None,
         "operation": ctx.operation,

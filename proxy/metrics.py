@@ -35,7 +35,7 @@ import os
 import re
 from bisect import bisect_left
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import values as prom_values
@@ -277,6 +277,17 @@ class Metrics:
             "warden_store_fail_open", "1 while the store is unreachable and limits run on "
             "local per-replica counters (store_failure_mode=open).",
             registry=r, multiprocess_mode="livemax")
+
+    def log_to(self, stream: TextIO) -> None:
+        """Write the access log straight to ``stream`` (``warden serve``: stdout)."""
+        if self.access is not None:
+            self.access.flush()
+            self.access = AccessLog(stream=stream)
+
+    def flush(self) -> None:
+        """Write access-log lines still queued (at shutdown)."""
+        if self.access is not None:
+            self.access.flush()
 
     # ---- setters for the policies and the failover code ------------------------------
 

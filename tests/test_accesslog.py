@@ -3,16 +3,24 @@ prompt or completion text unless the tenant opted in."""
 
 from __future__ import annotations
 
+import asyncio
+import io
+import json
 import logging
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from proxy.accesslog import LOGGER
+from proxy.accesslog import BATCH, FLUSH_S, LOGGER, AccessLog
+from proxy.context import RequestContext
 from proxy.mock_upstream import prompt_text, tokens
-from tests.support import KEY, Stack
+from proxy.tenants import Tenant, TenantConfig
+from tests.support import KEY, Stack, env_for_subprocess, write_policies
 from tests.telemetry_support import Refuser, chat, install, logged
 
 SECRET_TEXT = "my passport number is X1234567"
@@ -119,3 +127,64 @@ def test_disabled_logger_costs_nothing_and_writes_nothing(
     assert chat(lstack, "chat", "x", key=KEY).status_code == 200
     assert chat(lstack, "chat", "x", key=KEY).status_code == 200  # the first one is recorded
     assert [r for r in caplog.records if r.name == LOGGER] == []
+
+
+async def test_stream_sink_writes_in_batches_after_the_request() -> None:
+    class Stream(io.StringIO):
+        flushes = 0
+
+        def flush(self) -> None:
+            self.flushes += 1
+
+    stream = Stream()
+    log = AccessLog(stream=stream)
+    cfg = TenantConfig.model_validate({"tenant": "t", "keys": ["vk-12345678"],
+                                       "models": {"m": [{"provider": "openai", "model": "x"}]}})
+    ctx = RequestContext(request_id="rid", operation="chat", status=200, model="m",
+                         tenant=Tenant(config=cfg, policies=(), source=Path("t.yaml")))
+    for _ in range(3):
+        log.write(ctx, "ok", 0.01, 0.001)
+    assert stream.getvalue() == ""  # nothing on the request path
+    await asyncio.sleep(FLUSH_S * 2)
+    lines = stream.getvalue().splitlines()
+    assert [json.loads(x)["request_id"] for x in lines] == ["rid"] * 3
+    assert stream.flushes == 1  # one write and one flush for the burst
+    for _ in range(BATCH):  # a full batch is written on the next loop turn
+        log.write(ctx, "ok", 0.01, 0.001)
+    assert len(stream.getvalue().splitlines()) == 3
+    await asyncio.sleep(0)
+    assert len(stream.getvalue().splitlines()) == 3 + BATCH
+    log.write(ctx, "ok", 0.01, 0.001)
+    log.flush()  # what shutdown calls
+    assert len(stream.getvalue().splitlines()) == 4 + BATCH
+
+
+def test_closed_stream_never_fails_a_request() -> None:
+    stream = io.StringIO()
+    stream.close()
+    log = AccessLog(stream=stream)
+    log.write(RequestContext(request_id="r", operation="chat"), "ok", 0.0, 0.0)
+    log.flush()
+
+
+@pytest.mark.slow
+def test_warden_serve_prints_json_lines_on_stdout(lstack: Stack, tmp_path: Path) -> None:
+    pdir = write_policies(tmp_path / "served", *tenants(lstack.mock_url))
+    proc = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--port", "0",
+                             "--policies", str(pdir)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env=env_for_subprocess())
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline().split("port=")[1])
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions",
+                       headers={"Authorization": f"Bearer {KEY}", "X-Warden-Agent": "critic"},
+                       json={"model": "chat", "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 200
+        record = json.loads(proc.stdout.readline())  # flushed within FLUSH_S
+        assert record["request_id"] == r.headers["x-request-id"]
+        assert (record["agent"], record["tenant"], record["status"]) == ("critic", "acme", 200)
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        if proc.stdout is not None:
+            proc.stdout.close()
