@@ -203,6 +203,7 @@ class Metrics:
         self._errors = Bounded(128)
         self._response_models = Bounded(64)
         self._decisions: dict[tuple[str, str, str], tuple[str, str, str]] = {}
+        self._decision_children: dict[tuple[str, str, str, str], Any] = {}
         self._genai: dict[tuple[str, ...], _GenAI] = {}
         self._warden: dict[tuple[str, str], _Warden] = {}
         self._overhead: dict[str, Any] = {}
@@ -344,8 +345,7 @@ class Metrics:
             self._record_genai(ctx, model, result, elapsed)
         if ctx.decisions:
             for d in ctx.decisions:
-                policy, action, reason = self._decision_labels(d.policy, d.action, d.reason)
-                self.decisions.labels(tenant, policy, action, reason).inc()
+                self._decision(tenant, d.policy, d.action, d.reason).inc()
         if ctx.status == 429 and ctx.error_type == "rate_limit_exceeded":
             self.rate_limited.labels(tenant, model, self._limit_of(ctx)).inc()
         if self.access is not None:
@@ -378,15 +378,23 @@ class Metrics:
             self.failovers.labels(ctx.tenant_name, model, a.deployment,
                                   self._reasons(a.reason)).inc()
 
-    def _decision_labels(self, policy: str, action: str, reason: str) -> tuple[str, str, str]:
-        """At most DECISION_LIMIT distinct (policy, action, reason) triples."""
-        key = (policy, action, reason)
-        found = self._decisions.get(key)
-        if found is None:
+    def _decision(self, tenant: str, policy: str, action: str, reason: str) -> Any:
+        """The counter child of one decision; at most DECISION_LIMIT distinct
+        (policy, action, reason) triples, the rest count as other/other/other."""
+        key = (tenant, policy, action, reason)
+        child = self._decision_children.get(key)
+        if child is not None:
+            return child
+        triple = (policy, action, reason)
+        labels = self._decisions.get(triple)
+        if labels is None:
             if len(self._decisions) >= DECISION_LIMIT:
-                return OTHER, OTHER, OTHER
-            found = self._decisions[key] = (_clean(policy), _clean(action), _clean(reason))
-        return found
+                return self.decisions.labels(tenant, OTHER, OTHER, OTHER)
+            labels = self._decisions[triple] = (_clean(policy), _clean(action), _clean(reason))
+        child = self.decisions.labels(tenant, *labels)
+        if len(self._decision_children) < 16 * DECISION_LIMIT:  # tenants x triples
+            self._decision_children[key] = child
+        return child
 
     def _limit_of(self, ctx: RequestContext) -> str:
         for d in reversed(ctx.decisions):
