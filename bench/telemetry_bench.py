@@ -8,10 +8,11 @@ Two measurements, both in one process on one event loop:
    reply, a 40-chunk stream, a refusal), timed call by call, the access log written to
    /dev/null the way ``warden serve`` writes it to stdout. This is the whole per-request
    cost of telemetry that runs after the reply (metrics, cost, log line).
-2. End to end: two proxies on the same mock provider, one with metrics and the access
-   log on (lines to /dev/null), one with both off (``WARDEN_METRICS_ENABLED=false``,
-   ``WARDEN_ACCESS_LOG=false``); requests alternate between them, sequentially, so
-   both see the same machine noise. p50 latency of each and the difference.
+2. End to end: one proxy on the mock provider whose metrics and access log (lines to
+   /dev/null) a bench-only route switches on and off (what ``WARDEN_METRICS_ENABLED=false``
+   and ``WARDEN_ACCESS_LOG=false`` do) between blocks of 20 requests; a client in a
+   separate process sends them sequentially, so both states see the same machine noise,
+   port and connection pools. p50 latency of each and the difference.
 
 The per-chunk work on streams (one ``perf_counter`` delta appended per chunk, the raw
 event kept by reference) runs in both configurations and is not part of the difference.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import statistics
 import tempfile
@@ -101,41 +103,75 @@ async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
     return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
 
 
+BLOCK = 20  # requests per on/off block
+
+
+def _client(url: str, n: int, rounds: int, stream: bool, out: Any) -> None:
+    """The load generator, in its own process: blocks of requests with telemetry on,
+    then off, alternating, against one proxy."""
+    async def run() -> dict[str, list[float]]:
+        body: dict[str, Any] = {"model": "gpt-4o-mini", "stream": stream,
+                                "messages": [{"role": "user", "content": "hello " * 50}]}
+        headers = {"Authorization": f"Bearer {KEY}", "X-Warden-Agent": "planner"}
+        lat: dict[str, list[float]] = {"on": [], "off": []}
+        async with aiohttp.ClientSession() as session:
+            async def one() -> float:
+                t = time.perf_counter()
+                async with session.post(f"{url}/v1/chat/completions", json=body,
+                                        headers=headers) as r:
+                    await r.read()
+                    assert r.status == 200, r.status
+                return time.perf_counter() - t
+
+            async def switch(state: str) -> None:
+                async with session.post(f"{url}/_bench/telemetry?on={int(state == 'on')}"):
+                    pass
+
+            for _ in range(200):  # warm-up: pools, label children
+                await one()
+            for _ in range(rounds):
+                for block in range(n // BLOCK):
+                    for state in (("on", "off") if block % 2 else ("off", "on")):
+                        await switch(state)
+                        for _ in range(BLOCK):
+                            lat[state].append(await one())
+        return lat
+
+    out.put(asyncio.run(run()))
+
+
 async def bench_end_to_end(n: int, rounds: int, stream: bool,
                            devnull: TextIO) -> dict[str, float]:
+    """One proxy whose telemetry a bench-only route switches on and off between blocks
+    of requests (same process, port and pools for both); the mock on the same loop; the
+    client in another process, so work done after the last byte left (a stream's
+    record()) is not counted as latency, as it is not for a real agent."""
     mock_runner, mock = await _serve(create_mock_app())
     tmp = Path(tempfile.mkdtemp(prefix="warden-telemetry-bench-"))
     (tmp / "bench.yaml").write_text(yaml.safe_dump({"tenant": "bench", "keys": [KEY], "models": {
         "gpt-4o-mini": [{"provider": "openai", "model": "gpt-4o-mini",
                          "api_base": f"{mock}/v1"}]}}))
-    on_app = create_app(Settings(policies_dir=tmp, access_log=True))
-    on_app[SERVICES].metrics.log_to(devnull)  # as `warden serve` does with stdout
-    on_runner, on = await _serve(on_app)
-    off_runner, off = await _serve(create_app(Settings(
-        policies_dir=tmp, access_log=False, metrics_enabled=False)))
-    body: dict[str, Any] = {"model": "gpt-4o-mini", "stream": stream,
-                            "messages": [{"role": "user", "content": "hello " * 50}]}
-    headers = {"Authorization": f"Bearer {KEY}", "X-Warden-Agent": "planner"}
-    lat: dict[str, list[float]] = {"on": [], "off": []}
-    async with aiohttp.ClientSession() as session:
-        async def one(url: str) -> float:
-            t = time.perf_counter()
-            async with session.post(f"{url}/v1/chat/completions", json=body,
-                                    headers=headers) as r:
-                await r.read()
-                assert r.status == 200, r.status
-            return time.perf_counter() - t
+    app = create_app(Settings(policies_dir=tmp, access_log=True))
+    metrics = app[SERVICES].metrics
+    metrics.log_to(devnull)  # as `warden serve` does with stdout
+    access = metrics.access
 
-        for _ in range(200):  # warm-up: pools, label children, tokenizer-free paths
-            await one(on)
-            await one(off)
-        for _ in range(rounds):
-            for i in range(n):
-                # Alternate which goes first so neither always gets the warmer cache.
-                order = ((on, "on"), (off, "off")) if i % 2 else ((off, "off"), (on, "on"))
-                for url, name in order:
-                    lat[name].append(await one(url))
-    for r in (on_runner, off_runner, mock_runner):
+    async def toggle(request: web.Request) -> web.Response:
+        on = request.query["on"] == "1"
+        metrics.enabled = on  # what WARDEN_METRICS_ENABLED=false does
+        metrics.access = access if on else None  # what WARDEN_ACCESS_LOG=false does
+        return web.Response(text="ok")
+
+    app.router.add_post("/_bench/telemetry", toggle)
+    runner, url = await _serve(app)
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    client = ctx.Process(target=_client, args=(url, n, rounds, stream, queue))
+    client.start()
+    loop = asyncio.get_running_loop()
+    lat: dict[str, list[float]] = await loop.run_in_executor(None, queue.get)
+    await loop.run_in_executor(None, client.join)
+    for r in (runner, mock_runner):
         await r.cleanup()
     p50 = {k: statistics.median(v) * 1000 for k, v in lat.items()}
     return {"on p50 ms": p50["on"], "off p50 ms": p50["off"],
