@@ -12,9 +12,11 @@ them without Warden forwarding anything special::
 
 Keys: status, retry_after, retry_after_ms, hang, reset_after (chunks), garbage,
 truncate, latency_ms, first_byte_ms, chunks, chunk_delay_ms, fail_rate, no_usage,
-error_after (send an error event after N chunks). ``POST /_mock/faults`` sets a spec
-for every request (``{}`` clears); ``GET /_mock/requests`` lists request bodies
-received (``DELETE`` clears), which is how tests prove what reached "the provider".
+error_after (send an error event after N chunks), context_error (OpenAI's 400
+``context_length_exceeded``), content_error (Azure's 400 ``content_filter``).
+``POST /_mock/faults`` sets a spec for every request (``{}`` clears);
+``GET /_mock/requests`` lists request bodies received (``DELETE`` clears), which is
+how tests prove what reached "the provider".
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ class Spec:
     fail_rate: float = 0.0
     no_usage: bool = False
     error_after: int | None = None
+    context_error: bool = False
+    content_error: bool = False
 
     @classmethod
     def parse(cls, text: str, base: Spec) -> Spec:
@@ -97,6 +101,20 @@ def prompt_text(messages: list[dict[str, Any]]) -> str:
     return " ".join(_text(m.get("content")) for m in messages)
 
 
+# The bodies real providers send, so failover's classification is tested on them.
+_CONTEXT_ERROR = {"error": {
+    "message": "This model's maximum context length is 128000 tokens. However, your "
+               "messages resulted in 130000 tokens. Please reduce the length of the messages.",
+    "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}}
+_CONTENT_ERROR = {"error": {
+    "message": "The response was filtered due to the prompt triggering Azure OpenAI's "
+               "content management policy.",
+    "type": None, "param": "prompt", "code": "content_filter", "status": 400,
+    "innererror": {"code": "ResponsibleAIPolicyViolation",
+                   "content_filter_result": {"violence": {"filtered": True,
+                                                          "severity": "medium"}}}}}
+
+
 class Mock:
     def __init__(self, base: Spec) -> None:
         self.base = base
@@ -126,6 +144,10 @@ class Mock:
                               if spec.status >= 500 else "invalid_request_error",
                               "param": None, "code": str(spec.status)}}
             return web.json_response(body, status=spec.status, headers=headers)
+        if spec.context_error:
+            return web.json_response(_CONTEXT_ERROR, status=400)
+        if spec.content_error:
+            return web.json_response(_CONTENT_ERROR, status=400)
         if spec.garbage:
             return web.Response(body=b"<html>502 Bad Gateway</html>", status=200,
                                 content_type="application/json")

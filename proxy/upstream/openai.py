@@ -16,7 +16,7 @@ from proxy import jsonbody
 from proxy.context import Operation
 from proxy.sse import EventSplitter
 from proxy.tenants import Deployment
-from proxy.upstream.base import UpstreamError, UpstreamReply
+from proxy.upstream.base import PhaseClock, UpstreamError, UpstreamReply
 
 _PATHS: dict[Operation, str] = {"chat": "/chat/completions", "embeddings": "/embeddings"}
 # Upstream response headers worth passing on; hop-by-hop and length headers never are.
@@ -43,9 +43,14 @@ def auth_headers(deployment: Deployment) -> dict[str, str]:
     return headers
 
 
-def _classify(exc: BaseException) -> UpstreamError:
-    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
-        return UpstreamError("timeout", "provider did not answer in time", timeout=True)
+def _classify(exc: BaseException, timeout_reason: str = "timeout") -> UpstreamError:
+    """An aiohttp failure as an ``UpstreamError`` with a bounded reason; a timeout is
+    named after the phase whose limit it hit."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return UpstreamError("connect_timeout", "could not connect to the provider in time",
+                             timeout=True)
+    if isinstance(exc, TimeoutError):
+        return UpstreamError(timeout_reason, "provider did not answer in time", timeout=True)
     if isinstance(exc, aiohttp.ClientConnectorError):
         return UpstreamError("connect_error", f"cannot connect to provider: {exc.os_error}")
     if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
@@ -54,27 +59,31 @@ def _classify(exc: BaseException) -> UpstreamError:
 
 
 class OpenAIStream:
-    """A 200 SSE reply relayed event by event, with an idle timeout between reads."""
+    """A 200 SSE reply relayed event by event; a read waits at most ``idle`` seconds and
+    never past the attempt's total deadline."""
 
-    def __init__(self, resp: aiohttp.ClientResponse, idle_s: float) -> None:
+    def __init__(self, resp: aiohttp.ClientResponse, idle_s: float, clock: PhaseClock) -> None:
         self.status = resp.status
         self.headers = {k: resp.headers[k] for k in _PASS_HEADERS if k in resp.headers}
         self._resp = resp
         self._idle_s = idle_s
+        self._clock = clock
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         splitter = EventSplitter()
         content = self._resp.content
+        reason = "idle_timeout"
         try:
             while True:
-                async with asyncio.timeout(self._idle_s):
+                wait, reason = self._clock.limit(self._idle_s, "idle_timeout")
+                async with asyncio.timeout(wait):
                     data = await content.readany()
                 if not data:
                     break
                 for event in splitter.feed(data):
                     yield event
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-            raise _classify(e) from None
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise _classify(e, reason) from None
         finally:
             self._resp.release()
         if splitter.pending.strip():
@@ -85,6 +94,10 @@ class OpenAIStream:
 
 
 class OpenAITransport:
+    """Timeouts per phase (``Deployment.timeouts``): ``connect`` (TCP/TLS), then
+    ``first_byte`` until the response head, then ``idle`` between stream reads, all
+    within ``total`` for the whole attempt, body included."""
+
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self._session = session
 
@@ -93,22 +106,25 @@ class OpenAITransport:
     ) -> UpstreamReply | OpenAIStream:
         payload = jsonbody.dumps(body)
         t = deployment.timeouts
+        clock = PhaseClock(t.total)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect, sock_read=None)
+        wait, reason = clock.limit(t.first_byte, "first_byte_timeout")
         try:
-            async with asyncio.timeout(t.first_byte):
+            async with asyncio.timeout(wait):
                 resp = await self._session.post(
                     endpoint(deployment, operation), data=payload,
                     headers=auth_headers(deployment), timeout=timeout,
                 )
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-            raise _classify(e) from None
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise _classify(e, reason) from None
         if stream and resp.status == 200:
-            return OpenAIStream(resp, t.idle)
+            return OpenAIStream(resp, t.idle, clock)
+        wait, reason = clock.limit(t.total, "total_timeout")
         try:
-            async with asyncio.timeout(t.total):
+            async with asyncio.timeout(wait):
                 raw = await resp.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-            raise _classify(e) from None
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise _classify(e, reason) from None
         finally:
             resp.release()
         headers = {k: resp.headers[k] for k in _PASS_HEADERS if k in resp.headers}
