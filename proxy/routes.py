@@ -63,10 +63,9 @@ async def read_json(request: web.Request) -> Any:
         raise UnsupportedMediaType(f"Content-Type must be application/json, got {ctype!r}")
     try:
         raw = await request.read()
-    except web.HTTPRequestEntityTooLarge as e:
-        raise PayloadTooLarge(
-            f"request body exceeds the limit of {e.max_size} bytes"
-        ) from None
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[SETTINGS].max_body_bytes
+        raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes") from None
     if not raw:
         raise BadRequest("request body is empty; expected a JSON object")
     return jsonbody.loads(raw)
