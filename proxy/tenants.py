@@ -133,7 +133,7 @@ class ModelRoute(Frozen):
     mapping (``gpt-4o: {deployments: [...], context_window_fallbacks: [...]}``).
     """
 
-    deployments: list[Deployment] = Field(min_length=1)
+    deployments: list[Deployment]  # not empty: checked by TenantConfig, naming the model
     context_window_fallbacks: list[Fallback] = Field(
         default_factory=list, description="Tried when a deployment says the prompt is too long."
     )
@@ -176,6 +176,8 @@ class TenantConfig(Frozen):
     @classmethod
     def _models(cls, models: dict[str, ModelRoute]) -> dict[str, ModelRoute]:
         for name, route in models.items():
+            if not route.deployments:
+                raise ValueError(f"model {name!r} needs at least one deployment")
             for kind in ("context_window_fallbacks", "content_policy_fallbacks"):
                 for ref in getattr(route, kind):
                     if isinstance(ref, str) and (ref == name or ref not in models):
@@ -273,7 +275,17 @@ def parse_policy_file(path: Path) -> TenantConfig:
     except ValidationError as e:
         err = e.errors()[0]
         reason = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        raise PolicyError(path, _format_loc(err["loc"]), reason) from None
+        raise PolicyError(path, _format_loc(_as_written(raw, err["loc"])), reason) from None
+
+
+def _as_written(raw: dict[str, Any], loc: Sequence[Any]) -> Sequence[Any]:
+    """A model written as a bare list of deployments is validated as ``{deployments:
+    [...]}``; name the error where the user wrote it (``models.m[0]``)."""
+    models = raw.get("models")
+    if (len(loc) > 2 and loc[0] == "models" and loc[2] == "deployments"
+            and isinstance(models, dict) and isinstance(models.get(loc[1]), list)):
+        return [*loc[:2], *loc[3:]]
+    return loc
 
 
 def policy_files(directory: Path) -> list[Path]:

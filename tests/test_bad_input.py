@@ -141,7 +141,8 @@ def test_provider_garbage_is_502(small_stack: Stack) -> None:
 def test_provider_truncated_body_is_502(small_stack: Stack) -> None:
     r = post(small_stack, json={"model": "gpt-4o-mini", "messages": OK_MSG},
              headers={"Authorization": "Bearer vk-trunc-key"})
-    assert_error(r, 502, "upstream_error", "unreadable reply")
+    # Failover classifies a cut body as a bad reply (retried, then summarised).
+    assert_error(r, 502, "upstream_error", "bad_reply: provider sent a body that is not JSON")
 
 
 def test_provider_truncated_stream_ends_with_error_event(small_stack: Stack) -> None:

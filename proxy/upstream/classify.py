@@ -40,6 +40,8 @@ class Outcome:
     # Seconds the provider asked to wait (Retry-After / retry-after-ms), if it said.
     retry_after_s: float | None = None
     timeout: bool = False
+    # Warden's own words for the all-failed message (never the provider's text).
+    detail: str = ""
 
     @property
     def healthy(self) -> bool:
@@ -95,12 +97,13 @@ def classify_reply(reply: UpstreamReply) -> Outcome:
     if 200 <= status < 300:
         try:
             body = reply.json()
-        except UpstreamError:
-            return Outcome(Verdict.RETRY, "bad_reply")
+        except UpstreamError as e:
+            return Outcome(Verdict.RETRY, "bad_reply", detail=str(e))
         if not isinstance(body, dict):
-            return Outcome(Verdict.RETRY, "bad_reply")
+            return Outcome(Verdict.RETRY, "bad_reply", detail="reply is not a JSON object")
         if "error" in body and "choices" not in body and "data" not in body:
-            return Outcome(Verdict.RETRY, "provider_error")  # an error dressed as a 200
+            # An error dressed as a 200.
+            return Outcome(Verdict.RETRY, "provider_error", detail="error body with status 200")
         return Outcome(Verdict.OK, "ok")
     if status == 429 or status == 408 or (status >= 500 and status != 501):
         reason = "rate_limited" if status == 429 else f"status_{status}"
@@ -118,4 +121,4 @@ def classify_reply(reply: UpstreamReply) -> Outcome:
 
 
 def classify_error(error: UpstreamError) -> Outcome:
-    return Outcome(Verdict.RETRY, error.reason, timeout=error.timeout)
+    return Outcome(Verdict.RETRY, error.reason, timeout=error.timeout, detail=str(error))

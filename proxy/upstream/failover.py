@@ -32,7 +32,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from proxy import sse
@@ -141,6 +141,8 @@ class _Run:
     retry_after_s: float | None = None
     # The last failed attempt (label, reason): a failover once another attempt starts.
     last_failure: tuple[str, str] | None = None
+    # Per attempt of this call, Warden's description of what went wrong.
+    details: list[str] = field(default_factory=list)
 
 
 class Upstream:
@@ -247,7 +249,8 @@ class Upstream:
         breaker = self.breakers.get(d)
         permit = breaker.allow()
         if permit is Permit.REJECT:
-            self._record(ctx, Attempt(d.label, None, "breaker_open", 0.0))
+            self._record(run, Attempt(d.label, None, "breaker_open", 0.0),
+                         "circuit breaker open")
             return _SKIPPED, None
         if run.last_failure is not None:
             self.failover_counts[run.last_failure] += 1
@@ -268,7 +271,7 @@ class Upstream:
         except BaseException:  # cancelled: the client went away mid-attempt
             breaker.release(permit)
             attempt.reason, attempt.duration_s = "cancelled", time.perf_counter() - started
-            self._record(ctx, attempt)
+            self._record(run, attempt, "")
             raise
         finally:
             ctx.upstream_s += time.perf_counter() - started
@@ -276,7 +279,7 @@ class Upstream:
         attempt.reason = outcome.reason
         if result is not None:
             attempt.status = result.status
-        self._record(ctx, attempt)
+        self._record(run, attempt, outcome.detail)
         if outcome is _DEADLINE:
             breaker.release(permit)  # the client's patience, not the provider's health
             raise _OutOfTime
@@ -310,21 +313,21 @@ class Upstream:
             raise UpstreamError("first_byte_timeout", "provider sent no stream event in time",
                                 timeout=True) from None
 
-    def _record(self, ctx: RequestContext, attempt: Attempt) -> None:
-        ctx.attempts.append(attempt)
+    def _record(self, run: _Run, attempt: Attempt, detail: str) -> None:
+        run.ctx.attempts.append(attempt)
+        run.details.append(detail)
         self.attempt_counts[(attempt.deployment, attempt.reason)] += 1
 
     def _all_failed(self, run: _Run, *, timed_out: bool) -> WardenError:
         attempts = run.ctx.attempts[run.first:]
         tried = [a for a in attempts if a.reason != "breaker_open"]
-        parts = [f"{a.deployment} ({a.status if a.status is not None else '-'}, {a.reason})"
-                 for a in attempts]
         timeouts = bool(tried) and all(a.reason.endswith("timeout") or a.reason == "deadline"
                                        for a in tried)
         kind: type[WardenError] = UpstreamTimeout if timed_out or timeouts else UpstreamFailed
         what = "ran out of time" if timed_out else "failed"
+        listed = _summarise(attempts, run.details)
         message = (f"every upstream attempt for model {run.ctx.model!r} {what}: "
-                   + ("; ".join(parts) if parts else "no attempt fitted in the deadline"))
+                   + (listed or "no attempt fitted in the deadline"))
         headers: dict[str, str] = {}
         if run.retry_after_s is not None:
             headers["Retry-After"] = str(max(1, math.ceil(run.retry_after_s)))
@@ -334,3 +337,23 @@ class Upstream:
     async def close(self) -> None:
         await self.fast.close()
         await self.translated.close()
+
+
+def _summarise(attempts: Sequence[Attempt], details: Sequence[str]) -> str:
+    """``label (status, reason: detail)`` per attempt, repeats folded into ``xN``."""
+    parts: list[str] = []
+    previous, repeats = "", 0
+    for attempt, detail in zip(attempts, details, strict=False):
+        status = attempt.status if attempt.status is not None else "-"
+        text = f"{attempt.deployment} ({status}, {attempt.reason}" + \
+            (f": {detail})" if detail else ")")
+        if text == previous:
+            repeats += 1
+            continue
+        if repeats:
+            parts[-1] += f" x{repeats + 1}"
+        parts.append(text)
+        previous, repeats = text, 0
+    if repeats:
+        parts[-1] += f" x{repeats + 1}"
+    return "; ".join(parts)
