@@ -26,6 +26,7 @@ import hashlib
 import json
 import random
 import re
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -135,12 +136,12 @@ class Mock:
     def spec_for(self, request: web.Request) -> Spec:
         return Spec.parse(request.match_info.get("spec", ""), self.default)
 
-    async def before(self, spec: Spec) -> web.Response | None:
+    async def before(self, spec: Spec, request: web.Request) -> web.Response | None:
         """Latency and faults common to every endpoint; a response means 'stop here'."""
         if spec.latency_ms:
             await asyncio.sleep(spec.latency_ms / 1000)
         if spec.hang:
-            await asyncio.sleep(3600)
+            await _until_gone(request)
         failing = spec.status >= 400 and (spec.fail_rate == 0 or random.random() < spec.fail_rate)
         if failing:
             headers = {}
@@ -180,7 +181,7 @@ class Mock:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            early = await self.before(spec)
+            early = await self.before(spec, request)
             if early is not None:
                 return early
             content, calls = self.reply_for(body)
@@ -275,7 +276,7 @@ class Mock:
         body = await request.json()
         self.log(request, body)
         spec = self.spec_for(request)
-        early = await self.before(spec)
+        early = await self.before(spec, request)
         if early is not None:
             return early
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
@@ -293,7 +294,7 @@ class Mock:
         body = await request.json()
         self.log(request, body)
         spec = self.spec_for(request)
-        early = await self.before(spec)
+        early = await self.before(spec, request)
         if early is not None:
             return early
         text = last_text(body.get("messages") or [])
@@ -355,6 +356,17 @@ class Mock:
         return web.json_response({"in_flight": self.in_flight,
                                   "max_in_flight": self.max_in_flight,
                                   "requests": len(self.requests)})
+
+
+async def _until_gone(request: web.Request, limit_s: float = 3600) -> None:
+    """Hang until the client hangs up (not a fixed sleep: a server shutting down waits
+    for its handlers, and a hung handler would hold the mock's shutdown for a minute)."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return
+        await asyncio.sleep(0.02)
 
 
 def _pieces(text: str, chunks: int | None) -> list[str]:
