@@ -380,3 +380,28 @@ def test_readyz_and_metrics_show_attempts(stacks: Any) -> None:
     assert 'warden_upstream_attempts_total{deployment="secondary",reason="ok"} 1.0' in text
     assert 'warden_upstream_failovers_total{deployment="primary",reason="status_500"} 1.0' in text
     assert 'warden_upstream_breaker_state{deployment="primary"} 0.0' in text
+
+
+def test_translated_and_fast_deployments_share_the_loop(stacks: Any) -> None:
+    def anthropic(url: str, name: str, spec: str = "") -> dict[str, Any]:
+        return {"provider": "anthropic", "model": f"{name}-model", "name": name,
+                "api_base": f"{url}/f/{spec}" if spec else url, "timeouts": FAST,
+                "api_key": "env:WARDEN_TEST_ANTHROPIC_KEY"}
+
+    def policies(url: str) -> list[dict[str, Any]]:
+        return [tenant(url, [anthropic(url, "claude", "status=529"), dep(url, "gpt")],
+                       **{"reverse": [dep(url, "gpt", "status=500"), anthropic(url, "claude")]})]
+
+    stack = stacks(policies)
+    probe = add_probe(stack)
+    c = client(stack)
+    assert ask(c, "hi", stream=False) == ("Echo: hi", "gpt-model")
+    assert ask(c, "hi", stream=True) == ("Echo: hi", "gpt-model")
+    r = c.chat.completions.create(model="reverse", messages=[{"role": "user", "content": "yo"}])
+    assert r.choices[0].message.content == "Echo: yo"
+    # Anthropic's 529 "overloaded" arrives as litellm's mapping of it, a 500.
+    assert [[(a.deployment, a.status, a.reason) for a in ctx.attempts] for ctx in probe.done] \
+        == [[("claude", 500, "status_500"), ("gpt", 200, "ok")]] * 2 \
+        + [[("gpt", 500, "status_500"), ("claude", 200, "ok")]]
+    # litellm's own retries are off: one call per attempt reached the provider.
+    assert called(stack, "claude") == 3

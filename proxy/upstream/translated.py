@@ -54,10 +54,11 @@ class TranslatedTransport:
     async def send(
         self, deployment: Deployment, operation: Operation, body: dict[str, Any], stream: bool
     ) -> UpstreamReply | TranslatedStream:
-        """Timeouts per phase as on the fast path, where litellm lets them be seen:
-        ``connect`` and ``total`` go to its HTTP client; a stream's head must arrive
-        within ``first_byte``, its chunks within ``idle`` of each other; a plain reply
-        within ``total``."""
+        """Timeouts per phase as on the fast path: the reply's head (for a plain reply,
+        the reply) within ``first_byte``, stream chunks within ``idle`` of each other,
+        all within ``total``. ``connect`` reaches litellm's HTTP client only for the
+        providers litellm gives a per-phase timeout (bedrock; it reduces the others'
+        to one number), so elsewhere a hung connect ends at ``first_byte``."""
         litellm = await self._module()
         t = deployment.timeouts
         clock = PhaseClock(t.total)
@@ -71,7 +72,6 @@ class TranslatedTransport:
         )
         if deployment.headers:
             kwargs["extra_headers"] = dict(deployment.headers)
-        reason = "total_timeout"
         try:
             if stream and operation == "chat":
                 kwargs["stream"] = True
@@ -80,7 +80,8 @@ class TranslatedTransport:
                 async with asyncio.timeout(wait):
                     wrapper = await litellm.acompletion(**kwargs)
                 return TranslatedStream(wrapper, t.idle, clock)
-            async with asyncio.timeout(t.total):
+            wait, reason = clock.limit(t.first_byte, "first_byte_timeout")
+            async with asyncio.timeout(wait):
                 if operation == "embeddings":
                     result = await litellm.aembedding(**kwargs)
                 else:
