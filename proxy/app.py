@@ -20,7 +20,8 @@ from proxy.settings import Settings
 from proxy.store import create_store
 from proxy.tenants import PolicyHolder, PolicySet, load_policy_set
 from proxy.upstream.failover import Upstream
-from proxy.upstream.openai import OpenAITransport, create_session
+from proxy.upstream.http1 import Client
+from proxy.upstream.openai import OpenAITransport
 from proxy.upstream.translated import TranslatedTransport
 
 log = logging.getLogger("warden.app")
@@ -66,7 +67,7 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
 async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     translated = TranslatedTransport()
-    upstream = Upstream(OpenAITransport(create_session(settings.upstream_pool_size)), translated)
+    upstream = Upstream(OpenAITransport(Client(settings.upstream_pool_size)), translated)
     app[UPSTREAM] = upstream
     if _needs_translation(app[POLICIES].current):
         await translated.warm()  # pay litellm's import before the first request, not in it
