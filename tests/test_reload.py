@@ -1,0 +1,258 @@
+"""Hot reload of the policy set: file watching (plain and Kubernetes symlink swaps),
+SIGHUP, rejection of broken files, and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from proxy.metrics import Metrics
+from proxy.reload import PolicyReloader, ReloadOutcome, fingerprint, reload_metrics, running
+from proxy.services import Services
+from proxy.settings import Settings
+from proxy.store import MemoryStore
+from proxy.tenants import PolicyHolder, load_policy_set
+
+
+def tenant_yaml(tenant: str, key: str, model: str = "gpt-4o-mini") -> str:
+    return f"""\
+tenant: {tenant}
+keys: ["{key}"]
+models:
+  {model}:
+    - provider: openai_compatible
+      model: {model}
+      api_base: http://127.0.0.1:9/v1
+"""
+
+
+@pytest.fixture
+def services() -> Iterator[Services]:
+    s = Services(settings=Settings(), store=MemoryStore(), metrics=Metrics())
+    yield s
+    s.close()
+
+
+def make_reloader(
+    directory: Path, services: Services, **kw: object
+) -> tuple[PolicyReloader, PolicyHolder, list[ReloadOutcome]]:
+    holder = PolicyHolder(load_policy_set(directory, services))
+    seen: list[ReloadOutcome] = []
+    reloader = PolicyReloader(
+        directory,
+        services,
+        holder,
+        listeners=(seen.append,),
+        **kw,  # type: ignore[arg-type]
+    )
+    return reloader, holder, seen
+
+
+class KubeConfigMapDir:
+    """Lays out files the way the kubelet mounts a ConfigMap, and updates them the same
+    way: a new hidden timestamped dir, then an atomic rename of the ``..data`` link."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.generation = 0
+
+    def write(self, files: dict[str, str]) -> None:
+        self.generation += 1
+        old = (self.root / "..data").resolve() if (self.root / "..data").exists() else None
+        gen = self.root / f"..2026_11_24_01_00_{self.generation:02d}.{os.getpid()}"
+        gen.mkdir()
+        for name, text in files.items():
+            (gen / name).write_text(text)
+        tmp = self.root / "..data_tmp"
+        tmp.symlink_to(gen.name)
+        os.replace(tmp, self.root / "..data")
+        for name in files:
+            link = self.root / name
+            if not link.is_symlink():
+                link.symlink_to(f"..data/{name}")
+        for link in self.root.iterdir():
+            if link.is_symlink() and not link.name.startswith("..") and link.name not in files:
+                link.unlink()
+        if old is not None:
+            for f in old.iterdir():
+                f.unlink()
+            old.rmdir()
+
+
+def test_fingerprint_sees_edit_add_remove_and_symlink_swap(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("x")
+    (tmp_path / "notes.txt").write_text("ignored")
+    first = fingerprint(tmp_path)
+    assert [e[0] for e in first] == ["a.yaml"]
+    (tmp_path / "notes.txt").write_text("still ignored")
+    assert fingerprint(tmp_path) == first
+    (tmp_path / "a.yaml").write_text("xy")
+    second = fingerprint(tmp_path)
+    assert second != first
+    (tmp_path / "b.yml").write_text("y")
+    assert [e[0] for e in fingerprint(tmp_path)] == ["a.yaml", "b.yml"]
+
+    kube = KubeConfigMapDir(tmp_path / "cm")
+    kube.root.mkdir()
+    kube.write({"t.yaml": "same size"})
+    before = fingerprint(kube.root)
+    kube.write({"t.yaml": "same size"})  # identical bytes, new inode behind ..data
+    after = fingerprint(kube.root)
+    assert [e[0] for e in after] == ["t.yaml"]
+    assert before != after and before[0][1] != after[0][1]
+
+
+async def test_valid_change_swaps_whole_set(tmp_path: Path, services: Services) -> None:
+    (tmp_path / "a.yaml").write_text(tenant_yaml("alpha", "sk-alpha-1"))
+    reloader, holder, seen = make_reloader(tmp_path, services)
+    old = holder.current
+    (tmp_path / "a.yaml").write_text(tenant_yaml("alpha", "sk-alpha-2"))
+    (tmp_path / "b.yaml").write_text(tenant_yaml("beta", "sk-beta-1"))
+    outcome = await reloader.reload()
+    assert outcome.ok and outcome.version == 2 and holder.version == 2
+    assert holder.current is not old
+    assert holder.current.authenticate("sk-alpha-1") is None
+    assert holder.current.authenticate("sk-alpha-2") is not None
+    assert holder.current.authenticate("sk-beta-1") is not None
+    # The old set is untouched: a request that authenticated before still has it.
+    assert old.authenticate("sk-alpha-1") is not None
+    assert seen == [outcome]
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("tenant: alpha\nkeys: [\n", "invalid YAML"),
+        (tenant_yaml("alpha", "sk-alpha-2") + "bogus: 1\n", "bogus: unknown key"),
+        (tenant_yaml("alpha", "short"), "at least 8 characters"),
+    ],
+)
+async def test_invalid_change_is_rejected_and_old_set_stays(
+    tmp_path: Path, services: Services, text: str, reason: str
+) -> None:
+    (tmp_path / "a.yaml").write_text(tenant_yaml("alpha", "sk-alpha-1"))
+    reloader, holder, seen = make_reloader(tmp_path, services)
+    old = holder.current
+    (tmp_path / "a.yaml").write_text(text)
+    outcome = await reloader.reload()
+    assert not outcome.ok and outcome.version == 1
+    assert holder.current is old and holder.version == 1
+    assert holder.last_error is not None and reason in holder.last_error
+    assert "a.yaml" in holder.last_error
+    assert outcome.error == holder.last_error and seen == [outcome]
+    # Fixing the file clears the error.
+    (tmp_path / "a.yaml").write_text(tenant_yaml("alpha", "sk-alpha-3"))
+    fixed = await reloader.reload()
+    assert fixed.ok and holder.last_error is None
+    assert holder.current.authenticate("sk-alpha-3") is not None
+
+
+async def test_a_build_crash_is_a_rejection(
+    tmp_path: Path, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "a.yaml").write_text(tenant_yaml("alpha", "sk-alpha-1"))
+    reloader, holder, _ = make_reloader(tmp_path, services)
+    old = holder.current
+
+    def boom(directory: Path, services: Services) -> None:
+        raise RuntimeError("model file missing")
+
+    monkeypatch.setattr("proxy.reload.load_policy_set", boom)
+    outcome = await reloader.reload()
+    assert not outcome.ok and holder.current is old
+    assert holder.last_error == "RuntimeError: model file missing"
+
+
+async def wait_for(predicate: object, within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
+async def test_watcher_follows_kubernetes_configmap_swaps(
+    tmp_path: Path, services: Services
+) -> None:
+    kube = KubeConfigMapDir(tmp_path)
+    kube.write({"alpha.yaml": tenant_yaml("alpha", "sk-alpha-1")})
+    reloader, holder, seen = make_reloader(tmp_path, services, interval_s=0.05, settle_s=0.02)
+    async with running(reloader, sighup=False):
+        await asyncio.sleep(0.2)
+        assert seen == []  # nothing changed, nothing reloaded
+        kube.write({"alpha.yaml": tenant_yaml("alpha", "sk-alpha-2")})
+        await wait_for(lambda: holder.version == 2)
+        assert holder.current.authenticate("sk-alpha-2") is not None
+
+        kube.write({"alpha.yaml": "tenant: [broken\n"})
+        await wait_for(lambda: holder.last_error is not None)
+        assert holder.version == 2 and holder.current.authenticate("sk-alpha-2") is not None
+        await asyncio.sleep(0.2)
+        assert len(seen) == 2  # a rejected state is not retried on every poll
+
+        kube.write(
+            {
+                "alpha.yaml": tenant_yaml("alpha", "sk-alpha-3"),
+                "beta.yaml": tenant_yaml("beta", "sk-beta-1"),
+            }
+        )
+        await wait_for(lambda: holder.version == 3)
+        assert holder.last_error is None
+        assert holder.current.authenticate("sk-beta-1") is not None
+
+        kube.write({"beta.yaml": tenant_yaml("beta", "sk-beta-1")})  # alpha removed
+        await wait_for(lambda: holder.version == 4)
+        assert holder.current.authenticate("sk-alpha-3") is None
+    assert [o.trigger for o in seen] == ["watch"] * 4
+
+
+async def test_watcher_waits_for_files_to_settle(tmp_path: Path, services: Services) -> None:
+    (tmp_path / "a.yaml").write_text(tenant_yaml("alpha", "sk-alpha-1"))
+    reloader, holder, seen = make_reloader(tmp_path, services, interval_s=0.05, settle_s=0.3)
+    async with running(reloader, sighup=False):
+        # Written in two steps; the half-written state is valid YAML but not a policy.
+        (tmp_path / "a.yaml").write_text("tenant: alpha\n")
+        await asyncio.sleep(0.1)
+        (tmp_path / "a.yaml").write_text(tenant_yaml("alpha", "sk-alpha-2"))
+        await wait_for(lambda: holder.version == 2)
+    assert all(o.ok for o in seen) and holder.last_error is None
+
+
+async def test_sighup_reloads(tmp_path: Path, services: Services) -> None:
+    (tmp_path / "a.yaml").write_text(tenant_yaml("alpha", "sk-alpha-1"))
+    reloader, holder, seen = make_reloader(tmp_path, services, interval_s=0)
+    async with running(reloader):
+        os.kill(os.getpid(), signal.SIGHUP)
+        await wait_for(lambda: holder.version == 2)
+    assert [o.trigger for o in seen] == ["sighup"]
+    assert signal.getsignal(signal.SIGHUP) in (signal.SIG_DFL, signal.default_int_handler, None)
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return registry.get_sample_value(name, labels)
+
+
+async def test_reload_metrics(tmp_path: Path, services: Services) -> None:
+    (tmp_path / "a.yaml").write_text(tenant_yaml("alpha", "sk-alpha-1"))
+    registry = CollectorRegistry()
+    reloader, holder, _ = make_reloader(tmp_path, services)
+    reloader.listeners = (reload_metrics(registry),)
+    assert sample(registry, "warden_policy_set_version") == 1
+    (tmp_path / "a.yaml").write_text("nope: [")
+    await reloader.reload("watch")
+    assert sample(registry, "warden_policy_reloads_total", outcome="rejected", trigger="watch") == 1
+    assert sample(registry, "warden_policy_reload_failing") == 1
+    (tmp_path / "a.yaml").write_text(tenant_yaml("alpha", "sk-alpha-2"))
+    await reloader.reload("sighup")
+    assert sample(registry, "warden_policy_reloads_total", outcome="ok", trigger="sighup") == 1
+    assert sample(registry, "warden_policy_reload_failing") == 0
+    assert sample(registry, "warden_policy_set_version") == holder.version == 2
+    last = sample(registry, "warden_policy_reload_last_success_timestamp_seconds")
+    assert last is not None and abs(last - time.time()) < 60
