@@ -27,8 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from proxy.appkeys import POLICIES, SERVICES, SETTINGS
 from proxy.services import Services
 from proxy.tenants import PolicyError, PolicyHolder, load_policy_set
 
@@ -241,3 +243,20 @@ async def running(reloader: PolicyReloader, *, sighup: bool = True) -> AsyncIter
         for task in [*tasks, *([watcher] if watcher else [])]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+async def reload_ctx(app: web.Application) -> AsyncIterator[None]:
+    """aiohttp cleanup context: hot reload for the app's policies while it runs."""
+    services = app[SERVICES]
+    settings = app[SETTINGS]
+    # Once per registry: tests build several apps around one Services.
+    record = services.shared("reload_metrics", lambda: reload_metrics(services.metrics.registry))
+    reloader = PolicyReloader(
+        settings.policies_dir,
+        services,
+        app[POLICIES],
+        interval_s=settings.policy_reload_interval_s,
+        listeners=(record,),
+    )
+    async with running(reloader):
+        yield

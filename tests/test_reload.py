@@ -4,16 +4,25 @@ SIGHUP, rejection of broken files, and metrics."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
+from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
+from proxy.app import create_app
+from proxy.appkeys import POLICIES
 from proxy.metrics import Metrics
+from proxy.mock_upstream import create_mock_app
 from proxy.reload import PolicyReloader, ReloadOutcome, fingerprint, reload_metrics, running
 from proxy.services import Services
 from proxy.settings import Settings
@@ -256,3 +265,214 @@ async def test_reload_metrics(tmp_path: Path, services: Services) -> None:
     assert sample(registry, "warden_policy_set_version") == holder.version == 2
     last = sample(registry, "warden_policy_reload_last_success_timestamp_seconds")
     assert last is not None and abs(last - time.time()) < 60
+
+
+# --- Under load, through the real proxy and the mock provider ---------------------------
+
+
+def routed_yaml(key: str, upstream_model: str, base: str, extra_key: str | None = None) -> str:
+    keys = [key] if extra_key is None else [key, extra_key]
+    # Streams of 4 chunks, 15 ms apart: reloads land while replies are in flight.
+    return f"""\
+tenant: alpha
+keys: {json.dumps(keys)}
+models:
+  chat:
+    - provider: openai_compatible
+      model: {upstream_model}
+      api_base: {base}/f/chunks=4,chunk_delay_ms=15/v1
+"""
+
+
+class Load:
+    """A bounded client loop: workers alternate plain and streamed chat calls."""
+
+    def __init__(self, url: str, key: str, workers: int = 4, max_requests: int = 3000) -> None:
+        self.url, self.key, self.workers, self.max_requests = url, key, workers, max_requests
+        self.models: list[list[str]] = [[] for _ in range(workers)]
+        self.failures: list[str] = []
+        self.sent = 0
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def _one(self, session: aiohttp.ClientSession, stream: bool) -> str:
+        body = {
+            "model": "chat",
+            "stream": stream,
+            "messages": [{"role": "user", "content": "hello"}],
+        }
+        headers = {"Authorization": f"Bearer {self.key}"}
+        async with session.post(self.url, json=body, headers=headers) as resp:
+            if resp.status != 200:
+                raise AssertionError(f"{resp.status}: {await resp.text()}")
+            if not stream:
+                return str((await resp.json())["model"])
+            model, done = "", False
+            async for line in resp.content:
+                text = line.decode().strip()
+                if text == "data: [DONE]":
+                    done = True
+                elif text.startswith("data: "):
+                    event = json.loads(text[6:])
+                    if "error" in event:
+                        raise AssertionError(f"stream error event: {event}")
+                    model = event.get("model") or model
+            if not done:
+                raise AssertionError("stream ended without [DONE]")
+            return model
+
+    async def _worker(self, i: int) -> None:
+        async with aiohttp.ClientSession() as session:
+            n = 0
+            while not self._stop.is_set() and self.sent < self.max_requests:
+                self.sent += 1
+                n += 1
+                try:
+                    self.models[i].append(await self._one(session, stream=n % 2 == 0))
+                except Exception as e:  # every failure is collected and reported
+                    self.failures.append(f"{type(e).__name__}: {e}")
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._worker(i)) for i in range(self.workers)]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+    def seen(self) -> set[str]:
+        return {m for per in self.models for m in per}
+
+
+@pytest.mark.parametrize("layout", ["in_place", "kubernetes"])
+async def test_edit_break_fix_under_load(tmp_path: Path, layout: str) -> None:
+    mock = TestServer(create_mock_app())
+    await mock.start_server()
+    base = str(mock.make_url("")).rstrip("/")
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    kube = KubeConfigMapDir(policies)
+
+    def write(text: str) -> None:
+        if layout == "kubernetes":
+            kube.write({"alpha.yaml": text})
+        else:
+            (policies / "alpha.yaml").write_text(text)  # non-atomic, like an editor
+
+    write(routed_yaml("sk-alpha-load-1", "echo-a", base))
+    settings = Settings(
+        policies_dir=policies, policy_reload_interval_s=0.05, access_log=False, port=0
+    )
+    proxy = TestServer(create_app(settings))
+    await proxy.start_server()
+    holder = proxy.app[POLICIES]
+    url = str(proxy.make_url("/v1/chat/completions"))
+    load = Load(url, "sk-alpha-load-1")
+    load.start()
+    try:
+        await wait_for(lambda: "echo-a" in load.seen())
+
+        # Edit: a new upstream model and a second key.
+        write(routed_yaml("sk-alpha-load-1", "echo-b", base, extra_key="sk-alpha-load-2"))
+        await wait_for(lambda: holder.version == 2)
+        await wait_for(lambda: "echo-b" in load.seen())
+        async with aiohttp.ClientSession() as s:
+            body = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
+            auth = {"Authorization": "Bearer sk-alpha-load-2"}
+            async with s.post(url, json=body, headers=auth) as r:
+                assert r.status == 200 and (await r.json())["model"] == "echo-b"
+
+        # Break: rejected, reported, ignored.
+        write("tenant: alpha\nkeys: [sk-alpha-load-1\nmodels: {}\n")
+        await wait_for(lambda: holder.last_error is not None)
+        assert holder.version == 2 and "alpha.yaml" in str(holder.last_error)
+        served_before = load.sent
+        await wait_for(lambda: load.sent > served_before + 20)
+        async with aiohttp.ClientSession() as s:
+            async with s.get(proxy.make_url("/readyz")) as r:
+                ready = await r.json()
+                assert r.status == 200
+                assert "alpha.yaml" in ready["policies"]["last_reload_error"]
+                assert ready["policies"]["version"] == 2
+            async with s.get(proxy.make_url("/metrics")) as r:
+                assert "warden_policy_reload_failing 1.0" in await r.text()
+
+        # Fix.
+        write(routed_yaml("sk-alpha-load-1", "echo-c", base))
+        await wait_for(lambda: holder.version == 3)
+        assert holder.last_error is None
+        await wait_for(lambda: "echo-c" in load.seen())
+    finally:
+        await load.stop()
+        await proxy.close()
+        await mock.close()
+
+    assert load.failures == [], load.failures[:5]
+    assert load.seen() == {"echo-a", "echo-b", "echo-c"}
+    # Each worker saw the versions in order, never going back: whole-set swaps.
+    rank = {"echo-a": 0, "echo-b": 1, "echo-c": 2}
+    for per_worker in load.models:
+        ranks = [rank[m] for m in per_worker]
+        assert ranks == sorted(ranks)
+    assert sum(len(m) for m in load.models) > 40
+
+
+# --- SIGHUP on a real `warden serve` process ------------------------------------------
+
+
+@pytest.mark.slow
+def test_sighup_reloads_warden_serve(tmp_path: Path) -> None:
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "a.yaml").write_text(tenant_yaml("alpha", "sk-alpha-1"))
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "WARDEN_POLICY_RELOAD_INTERVAL_S": "0",  # only the signal may reload
+        "WARDEN_ACCESS_LOG": "false",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy", "serve", "--port", "0", "--policies", str(policies)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("WARDEN_READY port="), line
+        port = int(line.strip().split("=")[1])
+
+        def readyz() -> dict[str, object]:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
+                return dict(json.loads(r.read())["policies"])
+
+        def until(check: Callable[[dict[str, object]], bool]) -> dict[str, object]:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                state = readyz()
+                if check(state):
+                    return state
+                time.sleep(0.05)
+            raise AssertionError(f"not reached: {readyz()}")
+
+        assert readyz()["version"] == 1
+        (policies / "a.yaml").write_text("tenant: [")
+        time.sleep(0.3)
+        assert readyz()["version"] == 1  # watching is off: nothing happens by itself
+        proc.send_signal(signal.SIGHUP)
+        state = until(lambda s: s["last_reload_error"] is not None)
+        assert state["version"] == 1 and "a.yaml" in str(state["last_reload_error"])
+        (policies / "b.yaml").write_text(tenant_yaml("beta", "sk-beta-1"))
+        (policies / "a.yaml").write_text(tenant_yaml("alpha", "sk-alpha-2"))
+        proc.send_signal(signal.SIGHUP)
+        state = until(lambda s: s["version"] == 2)
+        assert state["tenants"] == 2 and state["last_reload_error"] is None
+        assert proc.poll() is None, "SIGHUP must not stop the process"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "policy reload rejected (sighup)" in err
+    assert "policies reloaded (sighup): version 2, 2 tenants" in err
