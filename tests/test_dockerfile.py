@@ -268,9 +268,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     scratch = tmp / "scratch"
     scratch.mkdir()
     for key, value in list(runtime_env.items()):
-        value = value.replace("/opt/warden", str(venv))
         if value.startswith("/tmp"):
             value = str(scratch) + value[4:]
+        value = value.replace("/opt/warden", str(venv))
         runtime_env[key] = value
     assert runtime_env["WARDEN_POLICIES_DIR"] == "/etc/warden/policies"
     runtime_env["WARDEN_POLICIES_DIR"] = str(context / "policies")
