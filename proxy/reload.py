@@ -22,7 +22,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -30,9 +30,10 @@ from typing import Literal
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from proxy.appkeys import POLICIES, SERVICES, SETTINGS
+from proxy.appkeys import POLICIES, SERVICES, SETTINGS, UPSTREAM
 from proxy.services import Services
-from proxy.tenants import PolicyError, PolicyHolder, load_policy_set
+from proxy.tenants import PolicyError, PolicyHolder, PolicySet, load_policy_set
+from proxy.upstream.translated import TranslatedTransport
 
 log = logging.getLogger("warden.reload")
 
@@ -55,6 +56,8 @@ class ReloadOutcome:
 
 
 ReloadListener = Callable[[ReloadOutcome], None]
+# Awaited with the new set before it is swapped in: warm what its first request needs.
+Prepare = Callable[[PolicySet], Awaitable[None]]
 
 
 def fingerprint(directory: Path) -> Fingerprint:
@@ -88,6 +91,7 @@ class PolicyReloader:
         interval_s: float = 1.0,
         settle_s: float = 0.2,
         listeners: tuple[ReloadListener, ...] = (),
+        prepare: Prepare | None = None,
     ) -> None:
         self.directory = directory
         self.services = services
@@ -97,6 +101,7 @@ class PolicyReloader:
         # on once the files look the same twice, `settle_s` apart.
         self.settle_s = settle_s
         self.listeners = listeners
+        self.prepare = prepare
         self._lock = asyncio.Lock()
         self._seen = fingerprint(directory)
 
@@ -112,6 +117,8 @@ class PolicyReloader:
                 new = await loop.run_in_executor(
                     None, load_policy_set, self.directory, self.services
                 )
+                if self.prepare is not None:
+                    await self.prepare(new)
             except PolicyError as e:
                 outcome = self._reject(trigger, str(e), started)
             except Exception as e:  # a policy's build() failing unexpectedly
@@ -246,17 +253,35 @@ async def running(reloader: PolicyReloader, *, sighup: bool = True) -> AsyncIter
 
 
 async def reload_ctx(app: web.Application) -> AsyncIterator[None]:
-    """aiohttp cleanup context: hot reload for the app's policies while it runs."""
+    """aiohttp cleanup context: hot reload for the app's policies while it runs.
+
+    Registered after the upstream context (it needs ``UPSTREAM``) and so torn down
+    before it and before the services close."""
     services = app[SERVICES]
     settings = app[SETTINGS]
     # Once per registry: tests build several apps around one Services.
     record = services.shared("reload_metrics", lambda: reload_metrics(services.metrics.registry))
+    translated = app[UPSTREAM].translated
+
+    async def warm_translation(new: PolicySet) -> None:
+        # A reload that adds e.g. an Anthropic deployment pays litellm's ~4 s import
+        # here, before the swap, not in the first request routed to it.
+        needs = any(
+            not d.fast
+            for tenant in new.tenants.values()
+            for deployments in tenant.config.models.values()
+            for d in deployments
+        )
+        if needs and isinstance(translated, TranslatedTransport):
+            await translated.warm()
+
     reloader = PolicyReloader(
         settings.policies_dir,
         services,
         app[POLICIES],
         interval_s=settings.policy_reload_interval_s,
         listeners=(record,),
+        prepare=warm_translation,
     )
     async with running(reloader):
         yield

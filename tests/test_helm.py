@@ -3,7 +3,7 @@
 helm-sdkpy ships Helm's Go library. Its ``Lint`` needs no cluster; rendering goes
 through ``Install`` (the binding exposes no ``template``/dry-run), pointed at a tiny
 in-process fake Kubernetes API that answers discovery and accepts every object, with
-the release kept in Helm's in-memory storage driver (``HELM_DRIVER=memory``). So every
+the release record (a protobuf Secret) accepted and dropped. So every
 manifest below is what ``helm install`` would send, after Helm checked the values
 against values.schema.json and the cluster version against ``kubeVersion``. Each
 manifest is then validated against the Kubernetes OpenAPI schemas (strict: unknown
@@ -12,9 +12,7 @@ fields fail) with kubernetes-validate.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import shutil
 import threading
 from collections.abc import Iterator
@@ -604,6 +602,3 @@ def test_values_schema_accepts_the_default_values() -> None:
     jsonschema.Draft7Validator.check_schema(schema)
     jsonschema.validate(yaml.safe_load((CHART / "values.yaml").read_text()), schema)
 
-
-if __name__ == "__main__":  # pragma: no cover - manual: print the standalone render
-    print(asyncio.run(lint(CHART)))

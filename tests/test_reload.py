@@ -28,6 +28,7 @@ from proxy.services import Services
 from proxy.settings import Settings
 from proxy.store import MemoryStore
 from proxy.tenants import PolicyHolder, load_policy_set
+from proxy.upstream.translated import TranslatedTransport
 
 
 def tenant_yaml(tenant: str, key: str, model: str = "gpt-4o-mini") -> str:
@@ -476,3 +477,51 @@ def test_sighup_reloads_warden_serve(tmp_path: Path) -> None:
     assert proc.returncode == 0, err
     assert "policy reload rejected (sighup)" in err
     assert "policies reloaded (sighup): version 2, 2 tenants" in err
+
+
+async def test_prepare_runs_before_the_swap_and_its_failure_rejects(
+    tmp_path: Path, services: Services
+) -> None:
+    (tmp_path / "a.yaml").write_text(tenant_yaml("alpha", "sk-alpha-1"))
+    holder = PolicyHolder(load_policy_set(tmp_path, services))
+    versions_seen: list[int] = []
+
+    async def prepare(new: object) -> None:
+        versions_seen.append(holder.version)  # still the old set while preparing
+        if len(versions_seen) == 2:
+            raise RuntimeError("warm-up failed")
+
+    reloader = PolicyReloader(tmp_path, services, holder, prepare=prepare)
+    assert (await reloader.reload()).ok and versions_seen == [1] and holder.version == 2
+    failed = await reloader.reload()
+    assert not failed.ok and holder.version == 2
+    assert holder.last_error == "RuntimeError: warm-up failed"
+
+
+async def test_reload_warms_litellm_for_a_new_translated_deployment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    warmed: list[int] = []
+
+    async def fake_warm(self: TranslatedTransport) -> None:
+        warmed.append(holder.version)  # before the swap: the old version still serves
+
+    monkeypatch.setattr(TranslatedTransport, "warm", fake_warm)
+    (tmp_path / "a.yaml").write_text(tenant_yaml("alpha", "sk-alpha-1"))
+    settings = Settings(policies_dir=tmp_path, policy_reload_interval_s=0.05, access_log=False)
+    proxy = TestServer(create_app(settings))
+    await proxy.start_server()
+    holder = proxy.app[POLICIES]
+    try:
+        (tmp_path / "a.yaml").write_text(
+            tenant_yaml("alpha", "sk-alpha-2", "gpt-4o")
+            + """\
+  claude:
+    - provider: anthropic
+      model: claude-3-5-haiku-latest
+"""
+        )
+        await wait_for(lambda: holder.version == 2)
+        assert warmed == [1]
+    finally:
+        await proxy.close()
