@@ -45,8 +45,9 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
     traceback: router 404/405/413 included."""
     try:
         return await handler(request)
-    except web.HTTPRequestEntityTooLarge as e:
-        err: WardenError = PayloadTooLarge(f"request body exceeds the limit of {e.max_size} bytes")
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[SETTINGS].max_body_bytes
+        err: WardenError = PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
     except web.HTTPException as e:
         if e.status < 400:
             raise

@@ -8,6 +8,7 @@ would have sent it. Chunks no policy needs are relayed as the exact upstream byt
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from typing import Any
@@ -167,7 +168,5 @@ async def _after_first(stream: PrefetchedStream, relay: StreamRelay) -> Any:
 
 
 async def _write_quietly(response: web.StreamResponse, data: bytes) -> None:
-    try:
+    with contextlib.suppress(ConnectionError):  # the client may be gone already
         await response.write(data)
-    except (ConnectionResetError, ConnectionError):
-        pass

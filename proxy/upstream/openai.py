@@ -73,7 +73,7 @@ class OpenAIStream:
                     break
                 for event in splitter.feed(data):
                     yield event
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        except (TimeoutError, aiohttp.ClientError) as e:
             raise _classify(e) from None
         finally:
             self._resp.release()
@@ -100,14 +100,14 @@ class OpenAITransport:
                     endpoint(deployment, operation), data=payload,
                     headers=auth_headers(deployment), timeout=timeout,
                 )
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        except (TimeoutError, aiohttp.ClientError) as e:
             raise _classify(e) from None
         if stream and resp.status == 200:
             return OpenAIStream(resp, t.idle)
         try:
             async with asyncio.timeout(t.total):
                 raw = await resp.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        except (TimeoutError, aiohttp.ClientError) as e:
             raise _classify(e) from None
         finally:
             resp.release()
