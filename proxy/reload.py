@@ -109,7 +109,7 @@ class PolicyReloader:
         """Build a new set from the directory and swap it in, or reject it whole."""
         async with self._lock:  # one build at a time; a SIGHUP during a watch reload waits
             started = time.perf_counter()
-            self._seen = fingerprint(self.directory)
+            self._seen = await self._fingerprint()  # before reading: a later edit reloads again
             loop = asyncio.get_running_loop()
             try:
                 # Off the event loop: building policies may load models or compile
