@@ -102,7 +102,7 @@ class OpenAITransport:
                 )
         except (TimeoutError, aiohttp.ClientError) as e:
             raise _classify(e) from None
-        if stream and resp.status == 200:
+        if stream and resp.status == 200 and resp.content_type == "text/event-stream":
             return OpenAIStream(resp, t.idle)
         try:
             async with asyncio.timeout(t.total):
