@@ -14,6 +14,7 @@ from aiohttp import web
 from proxy.appkeys import POLICIES, SERVICES, SETTINGS, UPSTREAM
 from proxy.errors import BadRequest, PayloadTooLarge, WardenError
 from proxy.metrics import Metrics
+from proxy.reload import reload_ctx
 from proxy.routes import add_routes
 from proxy.services import Services
 from proxy.settings import Settings
@@ -105,6 +106,7 @@ def create_app(settings: Settings, services: Services | None = None) -> web.Appl
     app[POLICIES] = PolicyHolder(load_policy_set(settings.policies_dir, services))
     app.cleanup_ctx.append(_services_ctx)
     app.cleanup_ctx.append(_upstream_ctx)
+    app.cleanup_ctx.append(reload_ctx)  # last in, first out: stops before services close
     add_routes(app)
     return app
 
