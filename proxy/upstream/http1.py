@@ -203,11 +203,11 @@ class Pool:
             self._slots.release()
             raise
 
-    async def _connect(self, timeout: float) -> Connection:
+    async def _connect(self, connect_s: float) -> Connection:
         loop = asyncio.get_running_loop()
         o = self.origin
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(connect_s):
                 transport, conn = await loop.create_connection(
                     lambda: Connection(self), o.host, o.port, ssl=self._tls,
                     server_hostname=o.host if self._tls else None,
