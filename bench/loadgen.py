@@ -208,16 +208,17 @@ async def worker(
     loop = asyncio.get_running_loop()
     conn: Connection | None = None
     while time.perf_counter() < end:
-        if conn is None or not conn.keep_alive or conn.closed.done():
-            if conn is not None and conn.transport is not None:
-                conn.transport.close()
-            _, conn = await loop.create_connection(Connection, host, port)
         try:
+            if conn is None or not conn.keep_alive or conn.closed.done():
+                if conn is not None and conn.transport is not None:
+                    conn.transport.close()
+                conn = None
+                _, conn = await loop.create_connection(Connection, host, port)
             reply = await conn.send(request)
-        except (ConnectionError, ResponseError):
+        except (OSError, ResponseError):  # ConnectionError is an OSError
             out.errors += 1
             conn = None
-            await asyncio.sleep(0.001)  # do not spin on a dead server
+            await asyncio.sleep(0.005)  # a server that died must not make this spin
             continue
         out.completed += 1
         if reply.sent < start:
