@@ -38,7 +38,7 @@ if str(ROOT) not in sys.path:  # `python bench/run.py` as well as `python -m ben
 
 import yaml  # noqa: E402
 
-from bench import report, scenarios  # noqa: E402
+from bench import profile, report, scenarios  # noqa: E402
 from bench.procs import Server, Servers, free_port  # noqa: E402
 from bench.report import KINDS, PLAIN_C32, STREAM_C1, Measured  # noqa: E402
 
@@ -93,6 +93,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--max-seconds", type=float, default=300.0, help="hard bound on the run")
     p.add_argument("--ready-timeout", type=float, default=60.0)
     p.add_argument("--keep-logs", action="store_true", help="keep server logs and configs")
+    p.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                   help="after measuring, one unmeasured pass per Warden scenario under "
+                   "py-spy; raw profiles go to DIR, top frames into the report")
     return p.parse_args(argv)
 
 
@@ -193,10 +196,14 @@ def sanity_check(col: Column) -> None:
     if not str(content).startswith("Echo:"):
         raise RuntimeError(f"plain request: unexpected reply {content!r}")
     status, raw = post(col.stream_url, wl.body(col.stream_model, stream=True), col.api_key)
-    events = [e for e in raw.split(b"\n\n") if e.strip().startswith(b"data:")]
-    if status != 200 or len(events) < wl.stream_chunks:
-        raise RuntimeError(f"streamed request: HTTP {status}, {len(events)} events "
-                           f"(expected ≥ {wl.stream_chunks}): {raw[:300]!r}")
+    events = [e.strip()[5:].strip() for e in raw.split(b"\n\n") if e.strip().startswith(b"data:")]
+    text = "".join(
+        str(c["delta"].get("content") or "")
+        for e in events[:-1] for c in json.loads(e).get("choices", [])
+    )
+    if status != 200 or not events or events[-1] != b"[DONE]" or not text.startswith("Echo:"):
+        raise RuntimeError(f"streamed request: HTTP {status}, {len(events)} events, "
+                           f"text {text[:60]!r}: {raw[:300]!r}")
 
 
 def run_load(
@@ -284,8 +291,39 @@ def conditions(args: argparse.Namespace, load_before: float, started: float) -> 
     )
 
 
+def profile_pass(
+    columns: list[Column], args: argparse.Namespace, work: Path, started: float
+) -> str:
+    """Sample each Warden server with py-spy under the plain C=32 and streamed loads."""
+    if not profile.available():
+        return "py-spy is not installed (pip install py-spy): no profiles."
+    args.profile.mkdir(parents=True, exist_ok=True)
+    out = []
+    for col in columns:
+        if col.measured.kind != "warden" or col.measured.error or col.server is None:
+            continue
+        for shape in (PLAIN_C32, STREAM_C1):
+            if time.monotonic() - started + args.warmup + args.duration > args.max_seconds - 15:
+                out.append(f"(profiling of {col.measured.label} {shape} skipped: --max-seconds)")
+                continue
+            path = args.profile / f"profile-{col.measured.label.replace('/', '_')}-{shape}.txt"
+            print(f"[bench] profiling {col.measured.label} {shape}", file=sys.stderr)
+            spy = profile.record(col.server.pids[0], args.warmup + args.duration, path)
+            try:
+                run_load(col, shape, args, work)
+            finally:
+                try:
+                    spy.wait(timeout=args.duration + 30)
+                except subprocess.TimeoutExpired:
+                    spy.kill()
+                    spy.wait()
+            text = profile.summary(path) if path.exists() else "(py-spy wrote nothing)"
+            out += [f"#### {col.measured.label}, {shape} ({path})", "", "```", text, "```", ""]
+    return "\n".join(out)
+
+
 def render(columns: list[Column], checks: list[report.Check], cond: str, note: str,
-           stopped_early: bool) -> str:
+           stopped_early: bool, profiles: str = "") -> str:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     out = [f"## {stamp}" + (f" — {note}" if note else ""), "", cond, ""]
     if stopped_early:
@@ -299,6 +337,8 @@ def render(columns: list[Column], checks: list[report.Check], cond: str, note: s
     fails = report.failures([c.measured for c in columns])
     if fails:
         out += [fails, ""]
+    if profiles:
+        out += ["### Profiles (py-spy, separate unmeasured pass)", "", profiles]
     return "\n".join(out)
 
 
@@ -364,6 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     work = Path(tempfile.mkdtemp(prefix="warden-bench-"))
     stopped_early = False
+    profiles = ""
     try:
         with Servers() as servers:
             mock = start_mock(servers, args.repo, work, args.ready_timeout)
@@ -389,6 +430,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         clear_mock(mock)
                     live = [c for c in live if c.measured.error is None]
                     order = [c for c in order if c.measured.error is None]
+            if args.profile is not None:
+                profiles = profile_pass(columns, args, work, started)
     finally:
         if args.keep_logs:
             print(f"[bench] logs and configs kept in {work}", file=sys.stderr)
@@ -397,7 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     targets = {s.name: s.targets for s in chosen}
     checks = report.checks([c.measured for c in columns], targets)
     text = render(columns, checks, conditions(args, load_before, started), args.note,
-                  stopped_early)
+                  stopped_early, profiles)
     print(text)
     if args.append is not None:
         with open(args.append, "a", encoding="utf-8") as f:

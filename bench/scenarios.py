@@ -67,7 +67,12 @@ def conversation(turns: int, words_per_message: int = 40) -> tuple[Mapping[str, 
     return tuple(out)
 
 
-ONE_TURN = Workload("one-turn", ({"role": "user", "content": "Hello! How are you today?"},))
+# The mock cuts its reply ("Echo: " + this text) into `stream_chunks` equal pieces at most,
+# fewer when the text is short: this one is exactly 20 pieces long.
+ONE_TURN = Workload(
+    "one-turn",
+    ({"role": "user", "content": "Please summarise the quarterly report in three bullets"},),
+)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,10 @@ async def _plain(request: web.Request) -> web.Response:
     return web.json_response({"echo": body["messages"][0]["content"]})
 
 
-def _sse_handler(events: int, split: bool) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _sse_handler(events: int, split: bool) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
