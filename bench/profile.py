@@ -65,6 +65,16 @@ def top_inclusive(stacks: Sequence[Stack], n: int, marker: str) -> list[tuple[st
     return c.most_common(n)
 
 
+def top_attributed(stacks: Sequence[Stack], n: int, marker: str) -> list[tuple[str, int]]:
+    """Each sample charged to the deepest frame matching ``marker``: the line of our own
+    code that the CPU was working for, library time included, nothing counted twice."""
+    c: Counter[str] = Counter()
+    for frames, count in stacks:
+        owner = next((f for f in reversed(frames) if marker in f), "(outside " + marker + ")")
+        c[owner] += count
+    return c.most_common(n)
+
+
 def summary(path: Path, n: int = 12, marker: str = "proxy/") -> str:
     stacks = parse(path.read_text(errors="replace"))
     total = sum(count for _, count in stacks)
@@ -72,6 +82,9 @@ def summary(path: Path, n: int = 12, marker: str = "proxy/") -> str:
         return f"(no samples in {path.name})"
     lines = [f"{total} samples. Self (leaf) time:", ""]
     lines += [f"    {count / total:6.1%}  {frame}" for frame, count in top_self(stacks, n)]
+    lines += ["", f"Charged to the deepest frame in `{marker}` (library time included):", ""]
+    lines += [f"    {count / total:6.1%}  {frame}"
+              for frame, count in top_attributed(stacks, n, marker)]
     lines += ["", f"Inclusive time of frames in `{marker}`:", ""]
     lines += [f"    {count / total:6.1%}  {frame}"
               for frame, count in top_inclusive(stacks, n, marker)]

@@ -58,6 +58,14 @@ LITELLM_OFFLINE_ENV = {
 }
 
 
+RESULTS_HEADER = """# Benchmark results
+
+Appended by `python bench/run.py --append`, newest last; bench/README.md says how each
+figure is measured. Numbers from a machine shared with other work are marked as such.
+
+"""
+
+
 @dataclass
 class Column:
     """One column of the result: what to send where, and the server behind it (if any)."""
@@ -443,8 +451,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                   stopped_early, profiles)
     print(text)
     if args.append is not None:
+        new = not args.append.exists() or args.append.stat().st_size == 0
         with open(args.append, "a", encoding="utf-8") as f:
-            f.write("\n" + text)
+            f.write(RESULTS_HEADER if new else "\n")
+            f.write(text)
     if args.json is not None:
         raw = [{"label": c.measured.label, "workload": c.workload.name, "error": c.measured.error,
                 "ready_s": c.measured.ready_s, "idle_rss": c.measured.idle_rss,

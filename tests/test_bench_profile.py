@@ -24,6 +24,9 @@ def test_parse_and_top_frames(tmp_path: Path) -> None:
     assert inclusive["handle (proxy/routes.py:20)"] == 100
     assert inclusive["handle (proxy/routes.py:21)"] == 20
     assert "send (aiohttp/http_writer.py:116)" not in inclusive
+    charged = dict(profile.top_attributed(stacks, 10, "proxy/"))
+    assert charged == {"handle (proxy/routes.py:20)": 100}
+    assert profile.top_attributed(stacks, 10, "nothing/") == [("(outside nothing/)", 100)]
 
 
 def test_summary_shows_shares(tmp_path: Path) -> None:

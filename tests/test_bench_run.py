@@ -24,7 +24,8 @@ def test_short_run_measures_every_column(
                      "--append", str(results), "--json", str(raw), "--note", "test run"])
     assert code == 0
     printed = capsys.readouterr().out
-    assert printed.strip() == results.read_text().strip()
+    assert results.read_text().startswith("# Benchmark results")
+    assert results.read_text().strip().endswith(printed.strip())
     assert "— test run" in printed and "| Warden: warden |" in printed
     assert "failed:" not in printed
 
