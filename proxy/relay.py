@@ -116,9 +116,17 @@ async def relay_stream(
     error event and a clean close. A client that hangs up closes the upstream stream.
     """
     relay = StreamRelay(ctx, chain)
-    first = relay.event(stream.first)
-    response.headers.update(ctx.response_headers)
-    await response.prepare(request)
+    try:
+        first = relay.event(stream.first)
+        response.headers.update(ctx.response_headers)
+        await response.prepare(request)
+    except UpstreamError as e:
+        await stream.aclose()
+        raise UpstreamFailed(f"provider stream is unreadable: {e}") from None
+    except BaseException:
+        # Nothing was sent yet: the route turns this into an ordinary error reply.
+        await stream.aclose()
+        raise
     ctx.status = 200
     try:
         if first:

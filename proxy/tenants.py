@@ -154,6 +154,12 @@ class ModelRoute(Frozen):
         return [*self.deployments, *extra]
 
 
+# Policy sections. Imported here, below Frozen, because each policy module subclasses
+# Frozen; proxy/policies/__init__.py imports this module first, so either import order works.
+from proxy.policies.output import OutputConfig  # noqa: E402
+from proxy.policies.scope import ScopeConfig  # noqa: E402
+
+
 class TenantConfig(Frozen):
     """The contents of one policy file. A section that is absent is a policy that is off."""
 
@@ -161,6 +167,8 @@ class TenantConfig(Frozen):
     keys: list[str] = Field(min_length=1, description="Virtual keys: plain or sha256:<hex>.")
     models: dict[str, ModelRoute] = Field(min_length=1)
     log_prompts: bool = Field(False, description="Opt in to prompt/completion text in logs.")
+    scope: ScopeConfig | None = None
+    output: OutputConfig | None = None
 
     @field_validator("keys")
     @classmethod
