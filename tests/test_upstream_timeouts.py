@@ -19,7 +19,8 @@ from proxy.settings import Settings
 from proxy.tenants import Deployment, Timeouts
 from proxy.upstream.base import UpstreamError, UpstreamReply
 from proxy.upstream.failover import PrefetchedStream, Upstream
-from proxy.upstream.openai import OpenAIStream, OpenAITransport, create_session
+from proxy.upstream.http1 import Client
+from proxy.upstream.openai import OpenAIStream, OpenAITransport
 from proxy.upstream.translated import TranslatedStream, TranslatedTransport
 
 BODY: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "a b c d e"}]}
@@ -42,7 +43,7 @@ async def mock() -> AsyncIterator[str]:
 
 @pytest.fixture
 async def fast() -> AsyncIterator[OpenAITransport]:
-    transport = OpenAITransport(create_session(8))
+    transport = OpenAITransport(Client(8))
     yield transport
     await transport.close()
 
@@ -150,7 +151,7 @@ async def test_first_stream_event_counts_as_first_byte() -> None:
     runner, silent_url = await serve(app)
     mock_runner, mock_url = await serve(create_mock_app())
     settings = Settings(breaker_failures=0, retry_attempts=1)
-    upstream = Upstream(OpenAITransport(create_session(8)), TranslatedTransport(), settings)
+    upstream = Upstream(OpenAITransport(Client(8)), TranslatedTransport(), settings)
     try:
         from proxy.context import RequestContext
 

@@ -94,7 +94,14 @@ class TranslatedTransport:
         return UpstreamReply(200, jsonbody.dumps(_dump(result)))
 
     async def close(self) -> None:
-        return None
+        if self._litellm is None:
+            return
+        # litellm runs a logging task on the loop of its first call; stop it with the app,
+        # or a closing loop destroys it pending (and tests see it as an unraisable error).
+        from litellm.litellm_core_utils.logging_worker import GLOBAL_LOGGING_WORKER
+
+        with contextlib.suppress(Exception):
+            await GLOBAL_LOGGING_WORKER.stop()
 
 
 def _import_litellm() -> Any:
