@@ -66,6 +66,16 @@ def add_probe(stack: Stack) -> Probe:
     return probe
 
 
+def settled(probe: Probe, n: int) -> list[RequestContext]:
+    """The contexts of the first ``n`` requests once their on_done ran (Warden sends the
+    reply first and settles after)."""
+    deadline = time.monotonic() + 5
+    while len(probe.done) < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(probe.done) == n
+    return probe.done
+
+
 def client(stack: Stack, **kw: Any) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{stack.proxy_url}/v1", api_key=KEY, max_retries=0, **kw)
 
@@ -143,7 +153,7 @@ def test_attempts_are_logged_and_the_body_is_never_mutated(stacks: Any) -> None:
     assert first.pop("model") == "primary-model"
     assert second.pop("model") == "secondary-model"
     assert first == second == {"messages": messages, "temperature": 0.2, "max_tokens": 7}
-    ctx = probe.done[0]
+    ctx = settled(probe, 1)[0]
     assert [(a.deployment, a.status, a.reason) for a in ctx.attempts] == [
         ("primary", 503, "status_503"), ("secondary", 200, "ok")]
     assert ctx.deployment is not None and ctx.deployment.label == "secondary"
@@ -322,10 +332,7 @@ def test_mid_stream_reset_ends_with_an_error_event(stacks: Any) -> None:
     assert sum('"error"' in e for e in events) == 1
     assert "[DONE]" not in r.text
     # Accounting settled: on_done ran, and the attempt log says what happened.
-    deadline = time.monotonic() + 3
-    while not probe.done and time.monotonic() < deadline:
-        time.sleep(0.02)
-    ctx = probe.done[0]
+    ctx = settled(probe, 1)[0]
     assert [(a.deployment, a.reason) for a in ctx.attempts] == [("primary", "midstream_reset")]
     assert called(stack, "secondary") == 0  # too late to fail over: bytes were sent
     assert stack.app is not None
@@ -402,7 +409,8 @@ def test_translated_and_fast_deployments_share_the_loop(stacks: Any) -> None:
     r = c.chat.completions.create(model="reverse", messages=[{"role": "user", "content": "yo"}])
     assert r.choices[0].message.content == "Echo: yo"
     # Anthropic's 529 "overloaded" arrives as litellm's mapping of it, a 500.
-    assert [[(a.deployment, a.status, a.reason) for a in ctx.attempts] for ctx in probe.done] \
+    assert [[(a.deployment, a.status, a.reason) for a in ctx.attempts]
+            for ctx in settled(probe, 3)] \
         == [[("claude", 500, "status_500"), ("gpt", 200, "ok")]] * 2 \
         + [[("gpt", 500, "status_500"), ("claude", 200, "ok")]]
     # litellm's own retries are off: one call per attempt reached the provider.

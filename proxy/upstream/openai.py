@@ -7,7 +7,6 @@ pooled HTTP/1.1 client in ``http1.py``.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,7 +14,7 @@ from proxy import jsonbody
 from proxy.context import Operation
 from proxy.sse import EventSplitter
 from proxy.tenants import Deployment
-from proxy.upstream.base import PhaseClock, UpstreamError, UpstreamReply
+from proxy.upstream.base import UpstreamError, UpstreamReply
 from proxy.upstream.http1 import Client, Exchange
 
 _PATHS: dict[Operation, str] = {"chat": "/chat/completions", "embeddings": "/embeddings"}
@@ -50,28 +49,22 @@ def _passed(headers: dict[str, str]) -> dict[str, str]:
 
 
 class OpenAIStream:
-    """A 200 SSE reply relayed event by event; a read waits at most ``idle`` seconds and
-    never past the attempt's total deadline."""
+    """A 200 SSE reply relayed event by event, with an idle timeout between reads."""
 
-    def __init__(self, exchange: Exchange, idle_s: float, clock: PhaseClock) -> None:
+    def __init__(self, exchange: Exchange, idle_s: float) -> None:
+        # idle_s bounds each wait for the next chunk; the exchange's total deadline
+        # (set when it was sent) bounds the whole stream.
         self.status = exchange.status
         self.headers = _passed(exchange.headers)
         self._exchange = exchange
         self._idle_s = idle_s
-        self._clock = clock
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         splitter = EventSplitter()
         exchange = self._exchange
         try:
             while True:
-                wait, reason = self._clock.limit(self._idle_s, "idle_timeout")
-                try:
-                    async with asyncio.timeout(wait):
-                        data = await exchange.next_chunk()
-                except TimeoutError:
-                    raise UpstreamError(reason, "provider stream stalled",
-                                        timeout=True) from None
+                data = await exchange.next_chunk(self._idle_s)
                 if data is None:
                     break
                 for event in splitter.feed(data):
@@ -88,11 +81,6 @@ class OpenAIStream:
 
 
 class OpenAITransport:
-    """Timeouts per phase (``Deployment.timeouts``): ``connect`` (TCP/TLS), then
-    ``first_byte`` until the response head, then ``idle`` between stream reads, all
-    within ``total`` for the whole attempt, body included. A timeout's reason names
-    the phase (``connect_timeout``, ``first_byte_timeout``, ...)."""
-
     def __init__(self, client: Client) -> None:
         self._client = client
 
@@ -101,27 +89,13 @@ class OpenAITransport:
     ) -> UpstreamReply | OpenAIStream:
         payload = jsonbody.dumps(body)
         t = deployment.timeouts
-        clock = PhaseClock(t.total)
-        wait, reason = clock.limit(t.first_byte, "first_byte_timeout")
-        try:
-            async with asyncio.timeout(wait):
-                exchange = await self._client.post(
-                    endpoint(deployment, operation), auth_headers(deployment, stream),
-                    payload, t.connect)
-        except TimeoutError:
-            raise UpstreamError(reason, "provider did not answer in time",
-                                timeout=True) from None
+        exchange = await self._client.post(
+            endpoint(deployment, operation), auth_headers(deployment, stream), payload,
+            connect_s=t.connect, first_byte_s=t.first_byte, total_s=t.total)
         content_type = exchange.headers.get("content-type", "")
         if stream and exchange.status == 200 and content_type.startswith("text/event-stream"):
-            return OpenAIStream(exchange, t.idle, clock)
-        wait, reason = clock.limit(t.total, "total_timeout")
-        try:
-            async with asyncio.timeout(wait):
-                raw = await exchange.read()
-        except TimeoutError:
-            exchange.abort()
-            raise UpstreamError(reason, "provider reply did not complete in time",
-                                timeout=True) from None
+            return OpenAIStream(exchange, t.idle)
+        raw = await exchange.read()  # bounded by the exchange's total deadline
         return UpstreamReply(exchange.status, raw, _passed(exchange.headers))
 
     async def close(self) -> None:
