@@ -7,6 +7,9 @@ and breakers off), each with two models over the same mock:
 
 - ``healthy``: primary (no fault) -> secondary
 - ``flaky``:   primary answering 500 on 30 % of requests at random -> secondary
+- ``down``:    primary answering 500 always -> secondary: with breakers off, every
+  request pays one failover; with breakers on, the breaker opens at once and every
+  request pays the skip instead (the breaker-open path end to end)
 
 For each, N requests (plain and streamed alternating, one at a time so latencies are
 not queueing) report the client-visible success rate (a 200 whose body parses, or a
@@ -63,6 +66,7 @@ def policy(mock: str) -> dict[str, Any]:
     return {"tenant": "bench", "keys": [KEY], "models": {
         "healthy": [dep("primary"), dep("secondary")],
         "flaky": [dep("flaky-primary", f"status=500,fail_rate={FAIL_RATE}"), dep("secondary")],
+        "down": [dep("down-primary", "status=500"), dep("secondary")],
     }}
 
 
@@ -92,13 +96,14 @@ async def one(session: aiohttp.ClientSession, url: str, model: str, stream: bool
 
 async def measure(proxy: str, n: int) -> dict[str, dict[str, float]]:
     url = f"{proxy}/v1/chat/completions"
-    samples: dict[str, list[float]] = {"healthy": [], "flaky": []}
-    ok = {"healthy": 0, "flaky": 0}
+    models = ("healthy", "flaky", "down")
+    samples: dict[str, list[float]] = {m: [] for m in models}
+    ok = dict.fromkeys(models, 0)
     async with aiohttp.ClientSession() as session:
         for i in range(20):  # warm-up: connections, first-call paths
             await one(session, url, "healthy", i % 2 == 1)
         for i in range(n):
-            for model in (("healthy", "flaky") if i % 2 else ("flaky", "healthy")):
+            for model in (models if i % 2 else models[::-1]):
                 good, elapsed = await one(session, url, model, stream=(i // 2) % 2 == 1)
                 ok[model] += good
                 samples[model].append(elapsed)
@@ -192,24 +197,26 @@ def report(results: dict[str, dict[str, dict[str, float]]], cost: dict[str, floa
         f"{load:.2f}; Python {platform.python_version()}. Mock at zero latency; primary "
         f"answering 500 on {FAIL_RATE:.0%} of requests at random, secondary healthy; "
         f"{n} requests per model, plain and streamed alternating, one at a time, "
-        f"healthy/flaky interleaved; whole run {seconds:.0f} s.",
+        f"models interleaved; whole run {seconds:.0f} s.",
         "",
         "| Warden | model | client-visible success | p50 / p90 / p99 (ms) | mean (ms) | "
         "added p50 / p90 / mean vs healthy (ms) |",
         "|---|---|---:|---:|---:|---:|",
     ]
     for name, by_model in results.items():
-        h, f = by_model["healthy"], by_model["flaky"]
-        for model, r in (("healthy", h), ("flaky", f)):
-            added = (" / ".join(f"{f[k] - h[k]:.3f}" for k in ("p50_ms", "p90_ms", "mean_ms"))
-                     if model == "flaky" else "—")
+        h = by_model["healthy"]
+        for model, r in by_model.items():
+            added = (" / ".join(f"{r[k] - h[k]:.3f}" for k in ("p50_ms", "p90_ms", "mean_ms"))
+                     if model != "healthy" else "—")
             lines.append(f"| {name} | {model} | {r['success']:.1%} | {r['p50_ms']:.3f} / "
                          f"{r['p90_ms']:.3f} / {r['p99_ms']:.3f} | {r['mean_ms']:.3f} | "
                          f"{added} |")
     lines += [
         "",
-        f"With {FAIL_RATE:.0%} failing, p50 is a request that did not fail over; a failover "
-        "costs one extra round trip to the failing primary, seen in p90 and the mean.",
+        f"`flaky`: with {FAIL_RATE:.0%} failing, p50 is a request that did not fail over; "
+        "a failover's cost shows in p90 and the mean. `down` (primary always 500): with "
+        "breakers off every request fails over once (the cost of one failover); with "
+        "breakers on the primary is skipped (the breaker-open path end to end).",
         "",
         "Breaker-open path, in process (an instant transport, so only Warden's work): "
         f"`Upstream.call` over [open, healthy] {cost['call_with_open_us']:.1f} µs vs "
