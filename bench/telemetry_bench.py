@@ -55,7 +55,7 @@ def _tenant() -> Tenant:
 
 
 def contexts(tenant: Tenant) -> list[RequestContext]:
-    d = tenant.config.models["gpt-4o-mini"][0]
+    d = tenant.config.models["gpt-4o-mini"].deployments[0]
     plain = RequestContext(request_id="0" * 32, operation="chat", tenant=tenant,
                            model="gpt-4o-mini", deployments=(d,), deployment=d, status=200,
                            usage=Usage(812, 64), response_model="gpt-4o-mini-2024-07-18")

@@ -2,8 +2,9 @@
 
 One registry per app (tests build several apps per process, and a registry is the unit
 Prometheus scrapes). ``record(ctx)`` runs once per proxied request, after every
-policy's ``on_done``; the setters (``budget``, ``breaker``, ``store_error``,
-``fail_open``) are for the policies and the failover code that own those states.
+policy's ``on_done``; the setters (``budget``, ``store_error``, ``fail_open``) are for
+the policies and the store that own those states. Breaker states, upstream attempts and
+failovers are the failover module's (``upstream/collector.py``, read at scrape time).
 
 GenAI names follow the conventions' Prometheus translation (dots to underscores, unit
 suffix): ``gen_ai_client_token_usage``, ``gen_ai_client_operation_duration_seconds``,
@@ -35,18 +36,16 @@ import os
 import re
 from bisect import bisect_left
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal, TextIO
+from typing import Any, TextIO
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import values as prom_values
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics import MetricWrapperBase
 
 from proxy.accesslog import AccessLog
 from proxy.context import RequestContext
 from proxy.pricing import PriceTable
-
-if TYPE_CHECKING:
-    from prometheus_client.metrics import MetricWrapperBase
 
 # Bucket boundaries from the GenAI semantic conventions (explicit_bucket_boundaries).
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304,
@@ -61,8 +60,6 @@ OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 
 
 OTHER = "other"
 NONE = "-"
-BreakerState = Literal["closed", "half_open", "open"]
-BREAKER_VALUES: dict[str, float] = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
 
 # Deployment.provider -> gen_ai.provider.name (the conventions' well-known values);
 # anything else is reported as configured (it comes from the policy files: bounded).
@@ -250,27 +247,19 @@ class Metrics:
         self.decisions = Counter(
             "warden_policy_decisions", "Policy decisions by policy, action and reason code.",
             ["tenant", "policy", "action", "reason"], registry=r)
-        self.failovers = Counter(
-            "warden_failovers", "Upstream attempts that failed and were followed by "
-            "another deployment, by the failed deployment and reason.",
-            ["tenant", "model", "deployment", "reason"], registry=r)
         self.overhead = Histogram(
             "warden_proxy_overhead_seconds", "Time spent in Warden per request, waiting "
             "on the provider excluded.",
             ["operation"], buckets=OVERHEAD_BUCKETS, registry=r)
         # Gauges say how several worker processes combine: the budget comes from the
-        # shared store (the latest write is right), a breaker is per process (the worst
-        # live one shows), fail-open is on if any live worker is in it.
+        # shared store (the latest write is right), fail-open is on if any live worker
+        # is in it.
         self.budget_spent = Gauge(
             "warden_budget_spent_usd", "Budget spent in the current window, USD.",
             ["tenant"], registry=r, multiprocess_mode="mostrecent")
         self.budget_remaining = Gauge(
             "warden_budget_remaining_usd", "Budget left in the current window, USD.",
             ["tenant"], registry=r, multiprocess_mode="mostrecent")
-        self.breaker_state = Gauge(
-            "warden_circuit_breaker_state", "Circuit breaker per deployment: "
-            "0 closed, 1 half-open, 2 open.",
-            ["deployment"], registry=r, multiprocess_mode="livemax")
         self.store_errors = Counter(
             "warden_store_errors", "Errors talking to the counter store (Redis).",
             ["operation"], registry=r)
@@ -296,10 +285,6 @@ class Metrics:
         """The budget policy reports a tenant's window after it settles a request."""
         self.budget_spent.labels(tenant).set(spent_usd)
         self.budget_remaining.labels(tenant).set(remaining_usd)
-
-    def breaker(self, deployment: str, state: BreakerState) -> None:
-        """The failover code reports a breaker transition (deployment = its label)."""
-        self.breaker_state.labels(deployment).set(BREAKER_VALUES[state])
 
     def store_error(self, operation: str) -> None:
         self.store_errors.labels(self._reasons(operation)).inc()
@@ -363,7 +348,7 @@ class Metrics:
         if result == "ok":
             g.duration.observe(elapsed)
         else:
-            g.error(self._errors(ctx.error_type or result)).observe(elapsed)
+            g.error(self._errors(_error_type(ctx, result))).observe(elapsed)
         usage = ctx.usage
         if usage is not None:
             g.input.observe(usage.prompt_tokens)
@@ -373,10 +358,6 @@ class Metrics:
             g.ttft.observe(ctx.first_token_s)
         if ctx.chunk_gaps:
             observe_many(g.chunk, ctx.chunk_gaps)
-        attempts = ctx.attempts
-        for a in attempts[:-1]:  # every attempt but the last was followed by another
-            self.failovers.labels(ctx.tenant_name, model, a.deployment,
-                                  self._reasons(a.reason)).inc()
 
     def _decision(self, tenant: str, policy: str, action: str, reason: str) -> Any:
         """The counter child of one decision; at most DECISION_LIMIT distinct
@@ -403,14 +384,19 @@ class Metrics:
         return "unknown"
 
     def render(self) -> bytes:
-        if self.multiprocess:
-            from prometheus_client.multiprocess import MultiProcessCollector
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        from prometheus_client.multiprocess import MultiProcessCollector
 
-            registry = CollectorRegistry()
-            MultiProcessCollector(  # type: ignore[no-untyped-call]
-                registry, path=os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
-            return generate_latest(registry)
-        return generate_latest(self.registry)
+        # Metric objects write to the shared files (every worker's values, summed);
+        # scrape-time collectors (the failover module's) report this worker only.
+        registry = CollectorRegistry()
+        MultiProcessCollector(  # type: ignore[no-untyped-call]
+            registry, path=os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        for collector in list(self.registry._collector_to_names):
+            if not isinstance(collector, MetricWrapperBase):
+                registry.register(collector)
+        return generate_latest(registry)
 
     def series_count(self) -> int:
         """Distinct label sets across Warden's metrics (for cardinality tests)."""
@@ -422,9 +408,18 @@ class Metrics:
     def _all(self) -> list[MetricWrapperBase]:
         return [self.token_usage, self.duration, self.ttft, self.time_per_chunk,
                 self.requests, self.cost, self.unpriced, self.estimated_tokens,
-                self.rate_limited, self.decisions, self.failovers, self.overhead,
-                self.budget_spent, self.budget_remaining, self.breaker_state,
-                self.store_errors]
+                self.rate_limited, self.decisions, self.overhead,
+                self.budget_spent, self.budget_remaining, self.store_errors]
+
+
+def _error_type(ctx: RequestContext, result: str) -> str:
+    """What went wrong, as a code: when every attempt failed, the last attempt's reason
+    (``status_500``, ``connect_error``, ``timeout``) says more than "upstream_error"."""
+    error = ctx.error_type or result
+    if error in ("upstream_error", "upstream_timeout") and ctx.attempts \
+            and ctx.attempts[-1].reason != "ok":
+        return ctx.attempts[-1].reason
+    return error
 
 
 def _attempted(ctx: RequestContext) -> Any:

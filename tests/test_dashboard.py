@@ -5,47 +5,53 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
+from typing import Any
 
-from proxy.context import Attempt, Decision, RequestContext, Usage
-from proxy.metrics import Metrics
-from proxy.tenants import Tenant, TenantConfig
-from tests.telemetry_support import parse
+import httpx
+import pytest
+
+from proxy.appkeys import SERVICES
+from proxy.reload import ReloadOutcome
+from tests.support import KEY, Stack
+from tests.telemetry_support import Refuser, chat, install, parse
 from tools import dashboard
 
 METRIC = re.compile(r"\b((?:gen_ai|warden)_[a-z_]+)\b")
 BY = re.compile(r"by \(([^)]*)\)")
 
 
-def exported() -> dict[str, set[str]]:
-    """Sample name -> label names, after requests that touch every series."""
-    metrics = Metrics(access_log_enabled=False)
-    cfg = TenantConfig.model_validate({"tenant": "t", "keys": ["vk-12345678"], "models": {
-        "m": [{"provider": "openai", "model": "gpt-4o-mini", "name": "a"},
-              {"provider": "openai", "model": "gpt-4o-mini", "name": "b"}]}})
-    tenant = Tenant(config=cfg, policies=(), source=Path("t.yaml"))
-    a, b = cfg.models["m"]
-    ok = RequestContext(request_id="1", operation="chat", tenant=tenant, model="m",
-                        deployments=(a, b), deployment=b, status=200, stream=True,
-                        usage=Usage(10, 20, estimated=True), first_token_s=0.1,
-                        response_model="gpt-4o-mini")
-    ok.attempts = [Attempt("a", 503, "upstream_503", 0.1), Attempt("b", 200, "ok", 0.2)]
-    ok.chunk_gaps = [0.01, 0.02]
-    ok.decisions = [Decision("pii", "redact", "PERSON")]
-    failed = RequestContext(request_id="2", operation="chat", tenant=tenant, model="m",
-                            deployments=(a,), status=502, error_type="upstream_error")
-    failed.attempts = [Attempt("a", None, "connect_error", 0.1)]
-    limited = RequestContext(request_id="3", operation="chat", tenant=tenant, model="m",
-                             deployments=(a,), status=429, error_type="rate_limit_exceeded")
-    limited.decisions = [Decision("limits", "refuse", "rpm")]
-    for ctx in (ok, failed, limited):
-        metrics.record(ctx)
-    metrics.budget("t", 1.0, 2.0)
-    metrics.breaker("a", "open")
-    metrics.store_error("eval")
-    metrics.fail_open(True)
+def tenant(mock: str) -> dict[str, Any]:
+    return {"tenant": "t", "keys": [KEY], "models": {
+        "m": [{"provider": "openai", "model": "gpt-4o-mini", "name": "down",
+               "api_base": f"{mock}/f/status=500/v1"},
+              {"provider": "openai", "model": "gpt-4o-mini", "name": "up",
+               "api_base": f"{mock}/v1"}],
+        "quiet": [{"provider": "openai", "model": "gpt-4o-mini",
+                   "api_base": f"{mock}/f/no_usage=1/v1"}]}}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
+    """Sample name -> label names of a real app's /metrics, after traffic that touches
+    every series: a failover, a stream, an estimate, a refusal, a reload, setters."""
+    with Stack(lambda url: [tenant(url)], tmp_path_factory.mktemp("dash")) as s:
+        install(s, "t", Refuser())
+        assert chat(s, "m", "[[decide:PERSON]]", key=KEY, stream=True).status_code == 200
+        assert chat(s, "quiet", "hello", key=KEY).status_code == 200
+        assert chat(s, "m", "[[refuse:rate]]", key=KEY).status_code == 429
+        with httpx.Client() as client:  # a plain reply that fails on every deployment
+            client.post(f"{s.mock_url}/_mock/faults", json={"status": 500})
+            assert chat(s, "m", "x", key=KEY).status_code >= 500
+            client.post(f"{s.mock_url}/_mock/faults", json={})
+        services = s.app[SERVICES]  # type: ignore[index]
+        record = services.shared("reload_metrics", lambda: None)
+        record(ReloadOutcome(trigger="watch", ok=True, version=2, error=None, duration_s=0.1))
+        services.metrics.budget("t", 1.0, 2.0)
+        services.metrics.store_error("eval")
+        services.metrics.fail_open(True)
+        text = httpx.get(f"{s.proxy_url}/metrics").text
     out: dict[str, set[str]] = {}
-    for name, labels in parse(metrics.render().decode()):
+    for name, labels in parse(text):
         out.setdefault(name, set()).update(k for k, _ in labels)
     return out
 
@@ -61,8 +67,8 @@ def test_chart_json_is_the_generated_one() -> None:
     assert dashboard.OUT.as_posix().endswith("helm/warden/dashboards/warden.json")
 
 
-def test_every_query_names_exported_series_and_labels() -> None:
-    series = exported()
+def test_every_query_names_exported_series_and_labels(exported: dict[str, set[str]]) -> None:
+    series = exported
     for title, expr in queries():
         names = METRIC.findall(BY.sub("", expr))  # series names, not grouping labels
         assert names, title
@@ -92,5 +98,5 @@ def test_layout_is_a_valid_grafana_grid() -> None:
             assert all(t["datasource"]["uid"] == "${datasource}" for t in p["targets"])
     titles = " ".join(p["title"] for p in board["panels"]).lower()
     for topic in ("requests", "duration", "first token", "tokens", "spend", "budget",
-                  "decisions", "failovers", "breakers"):
+                  "decisions", "failovers", "breakers", "reloads"):
         assert topic in titles

@@ -31,7 +31,7 @@ def ctx_for(operation: str = "chat", **body: Any) -> RequestContext:
     cfg = TenantConfig.model_validate({"tenant": "t", "keys": ["vk-12345678"], "models": {
         "m": [{"provider": "openai", "model": "gpt-4o-mini"}]}})
     tenant = Tenant(config=cfg, policies=(), source=Path("t.yaml"))
-    d = cfg.models["m"][0]
+    d = cfg.models["m"].deployments[0]
     return RequestContext(request_id="r", operation=operation,  # type: ignore[arg-type]
                           tenant=tenant, model="m", deployments=(d,), deployment=d, body=body)
 

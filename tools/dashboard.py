@@ -131,22 +131,39 @@ ROWS: list[tuple[str, list[Panel]]] = [
     ("Providers", [
         Panel("Failovers by deployment and reason", "timeseries", (
             ("{{deployment}} {{reason}}",
-             f"sum by (deployment, reason) (rate(warden_failovers_total{T}[{RI}]))"),),
-            unit="ops", width=8),
+             f"sum by (deployment, reason) (rate(warden_upstream_failovers_total[{RI}]))"),),
+            unit="ops", width=8, description="Failed attempts after which Warden tried "
+            "again (next deployment, or the same one after back-off)."),
+        Panel("Upstream attempts by outcome", "timeseries", (
+            ("{{deployment}} {{reason}}",
+             f"sum by (deployment, reason) (rate(warden_upstream_attempts_total[{RI}]))"),),
+            unit="ops", width=8, description="ok, a failure reason, or breaker_open for a "
+            "deployment skipped by its breaker."),
+        Panel("Circuit breakers", "state-timeline", (
+            ("{{deployment}}", "max by (deployment) (warden_upstream_breaker_state)"),),
+            width=8, mappings=(("0", "closed", "green"), ("1", "half-open", "yellow"),
+                               ("2", "open", "red"))),
         Panel("Provider errors by type", "timeseries", (
             ("{{error_type}}", "sum by (error_type) (rate("
              f'gen_ai_client_operation_duration_seconds_count{{{TS}, error_type!=""}}[{RI}]))'),),
-            unit="reqps", width=8),
-        Panel("Circuit breakers", "state-timeline", (
-            ("{{deployment}}", "max by (deployment) (warden_circuit_breaker_state)"),),
-            width=8, mappings=(("0", "closed", "green"), ("1", "half-open", "yellow"),
-                               ("2", "open", "red"))),
+            unit="reqps", width=8, description="Requests that failed after every attempt."),
         Panel("Store errors", "timeseries", (
             ("{{operation}}", f"sum by (operation) (rate(warden_store_errors_total[{RI}]))"),),
-            unit="ops", width=12),
+            unit="ops", width=8),
         Panel("Store fail-open mode", "state-timeline", (
-            ("fail-open", "max(warden_store_fail_open)"),), width=12,
+            ("fail-open", "max(warden_store_fail_open)"),), width=8,
             mappings=(("0", "normal", "green"), ("1", "fail-open", "orange"))),
+    ]),
+    ("Operations", [
+        Panel("Policy reloads", "timeseries", (
+            ("{{outcome}} ({{trigger}})",
+             "sum by (outcome, trigger) (increase(warden_policy_reloads_total[5m]))"),),
+            width=12, description="Hot reloads of the policy files: ok or rejected."),
+        Panel("Policy files rejected", "state-timeline", (
+            ("rejected", "max(warden_policy_reload_failing)"),), width=12,
+            mappings=(("0", "serving current files", "green"),
+                      ("1", "serving an older set", "red")),
+            description="1 while the files on disk are rejected and an older set serves."),
     ]),
 ]
 
