@@ -155,10 +155,10 @@ ROWS: list[tuple[str, list[Panel]]] = [
             mappings=(("0", "normal", "green"), ("1", "fail-open", "orange"))),
     ]),
     ("Operations", [
-        Panel("Policy reloads", "timeseries", (
-            ("{{outcome}} ({{trigger}})",
-             "sum by (outcome, trigger) (increase(warden_policy_reloads_total[5m]))"),),
-            width=12, description="Hot reloads of the policy files: ok or rejected."),
+        Panel("Policy reloads (policy set version)", "timeseries", (
+            ("version", "max(warden_policy_set_version)"),), width=12,
+            description="Each step is a policy-file reload that took effect "
+            "(warden_policy_reloads_total counts attempts by outcome)."),
         Panel("Policy files rejected", "state-timeline", (
             ("rejected", "max(warden_policy_reload_failing)"),), width=12,
             mappings=(("0", "serving current files", "green"),

@@ -5,17 +5,18 @@ scraping a real Warden under scripted traffic, plotted with matplotlib (no Grafa
 
 Needs the ``prometheus`` binary (Debian: ``apt-get install prometheus``) and matplotlib.
 
-What is real: Warden (``create_app``) and two mock providers on loopback; agents'
-requests (plain, streamed, embeddings) from three tenants; a primary deployment that
-fails some of the time and fails outright for a while; a provider without usage
+What is real: Warden (``create_app``, with its failover and circuit breakers) and two
+mock providers; agents' requests (plain, streamed, embeddings) from three tenants in
+another process; a primary deployment that fails some of the time and fails outright
+for a while, so requests fail over and its breaker opens; a provider without usage
 (estimated tokens); Prometheus scraping ``/metrics`` every second; every panel's PromQL
 from ``tools/dashboard.py``, evaluated by that Prometheus.
 
 What is scripted, because the code that produces it lands from other issues: policy
 decisions (a stand-in policy records PII / injection / scope decisions and refuses some
-requests as a rate limit would), trying the next deployment after a 5xx (a stand-in for
-the failover module), breaker states, budget gauges (remaining = a fixed budget minus the
-tenant's real ``warden_cost_usd_total``) and a short store outage. They are fed through
+requests as a rate limit would), budget gauges (remaining = a fixed budget minus the
+tenant's real ``warden_cost_usd_total``) and a short store outage. Policy-file edits
+(one harmless, one broken then fixed) go through the real hot reload. They are fed through
 the same ``Metrics`` setters and context fields the real modules use.
 """
 
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import math
 import multiprocessing
@@ -45,14 +45,14 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from proxy import policies
 from proxy.app import create_app
-from proxy.appkeys import POLICIES, SERVICES, UPSTREAM
+from proxy.appkeys import SERVICES
 from proxy.context import RequestContext
-from proxy.errors import PermissionDenied, RateLimited, WardenError
+from proxy.errors import PermissionDenied, RateLimited
 from proxy.metrics import Metrics
 from proxy.pipeline import Policy
 from proxy.settings import Settings
-from proxy.upstream.base import UpstreamReply
 from tools.dashboard import ROWS, Panel, layout
 
 BUDGETS = {"research": 1.0, "support": 0.05, "batch": 0.06}  # USD, sized for 4 minutes
@@ -112,72 +112,53 @@ class ScriptedPolicies(Policy):
                        "suspected" if verdict < 0.04 else "clean")
 
 
-def with_failover(upstream: Any) -> None:
-    """Try the next deployment after a 5xx or a failed attempt (stand-in for failover)."""
-    single = upstream.call
-
-    async def call(ctx: RequestContext, body: dict[str, Any]) -> Any:
-        every = ctx.deployments
-        try:
-            for i, d in enumerate(every):
-                last = i == len(every) - 1
-                ctx.deployments = (d,)
-                try:
-                    result = await single(ctx, body)
-                except WardenError:
-                    if last:
-                        raise
-                    continue
-                if isinstance(result, UpstreamReply) and result.status >= 500 and not last:
-                    ctx.attempts[-1].reason = f"upstream_{result.status}"
-                    continue
-                return result
-        finally:
-            ctx.deployments = every
-        raise AssertionError("unreachable")
-
-    upstream.call = call
-
-
 class Scenario:
-    """Background state changes: breaker transitions, budgets, a store outage, a
-    primary outage."""
+    """Background state changes: a primary outage (through the mock), budgets, a store
+    outage."""
 
-    def __init__(self, metrics: Metrics, primary_url: str, seconds: float) -> None:
+    def __init__(self, metrics: Metrics, primary_url: str, seconds: float,
+                 policies: Path) -> None:
         self.metrics = metrics
         self.primary_url = primary_url
         self.seconds = seconds
+        self.policies = policies
         self.started = time.monotonic()
+
+    def edit_policies(self, now: float, done: set[str]) -> None:
+        """An operator's edits, picked up by the real hot reload: a harmless change,
+        later a broken file (rejected; the older set keeps serving), then the fix."""
+        support = self.policies / "support.yaml"
+        for name, at in (("touch", 0.3), ("break", 0.62), ("fix", 0.7)):
+            if name in done or now < at * self.seconds:
+                continue
+            done.add(name)
+            if name == "touch":
+                batch = self.policies / "batch.yaml"
+                batch.write_text(batch.read_text() + "# reviewed\n")
+            elif name == "break":
+                self.good = support.read_text()
+                support.write_text(self.good + "  oops: [unclosed\n")
+            else:
+                support.write_text(self.good)
 
     def cost(self, tenant: str) -> float:
         return sum(child._value.get() for labels, child in self.metrics.cost._metrics.items()
                    if labels[0] == tenant)  # the counter's own value (prometheus_client 0.26)
 
     async def run(self) -> None:
-        state, since, history = "closed", 0.0, [0.0, 0.0, 0.0]
         outage = (0.45 * self.seconds, 0.6 * self.seconds)
         store = (0.75 * self.seconds, 0.82 * self.seconds)
         in_outage = False
+        edits: set[str] = set()
         async with aiohttp.ClientSession() as http:
             while True:
                 now = time.monotonic() - self.started
+                self.edit_policies(now, edits)
                 want = outage[0] <= now < outage[1]
                 if want != in_outage:
                     in_outage = want
                     spec = {"status": 503} if want else {"status": 503, "fail_rate": 0.08}
                     await http.post(f"{self.primary_url}/_mock/faults", json=spec)
-                fails = sum(child._value.get() for child in
-                            self.metrics.failovers._metrics.values())
-                history = [*history[1:], fails]
-                recent = history[-1] - history[0]  # failovers in the last 2 s
-                if state == "closed" and recent >= 2:
-                    state, since = "open", now
-                elif state == "open" and now - since >= 8:
-                    state, since = "half_open", now
-                elif state == "half_open" and now - since >= 3:
-                    state, since = ("open" if recent >= 1 else "closed"), now
-                self.metrics.breaker("primary-gpt-4o", state)  # type: ignore[arg-type]
-                self.metrics.breaker("backup-azure-gpt-4o", "closed")
                 for tenant, budget in BUDGETS.items():
                     spent = self.cost(tenant)
                     self.metrics.budget(tenant, spent, max(0.0, budget - spent))
@@ -285,15 +266,14 @@ async def run_stack(seconds: float, workdir: Path) -> str:
     pdir.mkdir()
     for t in tenants(mock, primary):
         (pdir / f"{t['tenant']}.yaml").write_text(yaml.safe_dump(t))
-    app = create_app(Settings(policies_dir=pdir, access_log=False))
-    proxy_runner, proxy = await serve(app)
-    holder = app[POLICIES]
+    # A breaker that opens after 3 straight failures for 8 s: visible in 4 minutes.
+    # Every policy set built (at start and on each hot reload) gets the stand-in policy.
     scripted = ScriptedPolicies(rng)
-    current = holder.current
-    new = {n: dataclasses.replace(t, policies=(scripted,)) for n, t in current.tenants.items()}
-    holder.swap(dataclasses.replace(current, tenants=new, by_key={
-        k: new[t.name] for k, t in current.by_key.items()}))
-    with_failover(app[UPSTREAM])
+    build_chain = policies.build_chain
+    policies.build_chain = lambda cfg, services: (*build_chain(cfg, services), scripted)
+    app = create_app(Settings(policies_dir=pdir, access_log=False, breaker_failures=3,
+                              breaker_open_s=8, retry_attempts=1))
+    proxy_runner, proxy = await serve(app)
 
     port = free_port()
     prom_dir = workdir / "prom"
@@ -311,7 +291,7 @@ async def run_stack(seconds: float, workdir: Path) -> str:
     try:
         await asyncio.sleep(3)
         start = time.time()
-        scenario = Scenario(app[SERVICES].metrics, primary, seconds)
+        scenario = Scenario(app[SERVICES].metrics, primary, seconds, pdir)
         task = asyncio.create_task(scenario.run())
         agents.start()
         await asyncio.get_running_loop().run_in_executor(None, agents.join)
