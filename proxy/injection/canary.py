@@ -48,19 +48,20 @@ class LeakScanner:
         self._held = ""
 
     def feed(self, text: str) -> tuple[str, bool]:
-        """Return (text safe to send now, whether the marker appeared)."""
+        """Return (text safe to send now, whether the marker appeared). A complete
+        marker is replaced by ``[redacted]``; a possible start of one is held back."""
         buf = self._held + text
-        if self.token in buf:
-            self._held = ""
-            return buf[: buf.index(self.token)], True
-        # Hold the longest tail of buf that is a prefix of the token.
+        hit = self.token in buf
+        if hit:
+            buf = redact(buf, self.token)
+        # Hold the longest tail of buf that is a proper prefix of the token.
         keep = 0
         for n in range(min(len(buf), len(self.token) - 1), 0, -1):
             if self.token.startswith(buf[-n:]):
                 keep = n
                 break
-        self._held = buf[len(buf) - keep :] if keep else ""
-        return buf[: len(buf) - keep], False
+        self._held = buf[len(buf) - keep :]
+        return buf[: len(buf) - keep], hit
 
     def flush(self) -> str:
         held, self._held = self._held, ""

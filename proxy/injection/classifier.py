@@ -154,16 +154,16 @@ class LinearModel:
 
     def save(self, path: Path, **meta: Any) -> None:
         roles = sorted(self.calibration)
-        np.savez_compressed(
-            path,
-            weights=self.weights.astype(np.float16),
-            bias=np.float64(self.bias),
-            roles=np.array(roles),
-            calibration=np.array([self.calibration[r] for r in roles], dtype=np.float64),
-            thresholds=np.array([self.thresholds.get(r, 0.5) for r in roles], dtype=np.float64),
-            version=np.array(self.version),
-            **{k: np.array(v) for k, v in meta.items()},
-        )
+        arrays: dict[str, Any] = {
+            "weights": self.weights.astype(np.float16),
+            "bias": np.float64(self.bias),
+            "roles": np.array(roles),
+            "calibration": np.array([self.calibration[r] for r in roles], dtype=np.float64),
+            "thresholds": np.array([self.thresholds.get(r, 0.5) for r in roles]),
+            "version": np.array(self.version),
+        }
+        arrays.update({k: np.array(v) for k, v in meta.items()})
+        np.savez_compressed(path, **arrays)
 
     @classmethod
     def load(cls, path: Path = MODEL_PATH) -> LinearModel:

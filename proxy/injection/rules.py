@@ -63,7 +63,8 @@ RULES: tuple[Rule, ...] = (
         rf"\b{_OVERRIDE_VERB}\s+(?:(?:all|any|every|each|the|your|my|of|these|those|this|"
         rf"that|everything|what(?:ever)?|you\s+were|was|were|been|have|told|given|"
         rf"and)\s+){{0,4}}{_PRIOR}\s+(?:\w+\s+)?{_DIRECTIVES}\b|"
-        rf"\b{_OVERRIDE_VERB}\s+(?:all\s+|everything\s+)?(?:you\s+(?:were|have\s+been)\s+)"
+        rf"\b{_OVERRIDE_VERB}\s+(?:all\s+|everything\s+|what\s+|anything\s+)?(?:that\s+)?"
+        rf"(?:you\s+(?:were|have\s+been)\s+)"
         rf"(?:told|instructed|given)\b|"
         rf"\b{_OVERRIDE_VERB}\s+(?:everything|all)\s+(?:above|before|prior|previously)\b", _I),
         0.97),

@@ -23,9 +23,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from prometheus_client import CollectorRegistry, Counter
 from pydantic import Field
 
 from proxy.context import RequestContext, StateKey
@@ -64,16 +64,22 @@ class InjectionConfig(Frozen):
                          "refuse/flag replies that contain it (prompt leakage).")
 
 
-@dataclass(slots=True)
-class _Leak:
-    """Per-request canary state for a streamed reply."""
+class InjectionMetrics:
+    """Counters on the app's registry (bounded labels: tenant, action, kind, source)."""
 
-    scanners: dict[tuple[int, str], LeakScanner] = field(default_factory=dict)
-    leaked: bool = False
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.detections = Counter(
+            "warden_injection_detections", "Prompt injections and prompt leaks detected.",
+            ["tenant", "action", "kind"], registry=registry)
+        self.judgements = Counter(
+            "warden_injection_judgements", "Screened messages by where the verdict came "
+            "from (cache: judged on an earlier turn).", ["source"], registry=registry)
 
 
+# Per streamed reply: one scanner per (choice index, field) that can carry text.
+_Scanners = dict[tuple[int, str], LeakScanner]
 _CANARY = StateKey[bool]("injection.canary_planted")
-_LEAK = StateKey[_Leak]("injection.leak")
+_SCANNERS = StateKey[_Scanners]("injection.canary_scanners")
 
 
 def _text(message: dict[str, Any]) -> str:
@@ -94,8 +100,9 @@ class InjectionPolicy(Policy):
     name = "injection"
 
     def __init__(self, config: InjectionConfig, detector: Detector, cache: VerdictCache,
-                 executor: Executor) -> None:
+                 executor: Executor, metrics: InjectionMetrics) -> None:
         self.config = config
+        self.metrics = metrics
         self.detector = detector
         self.cache = cache
         self.executor = executor
@@ -114,6 +121,8 @@ class InjectionPolicy(Policy):
         keys = [self.cache.key(self.detector.version, r, t) for r, t in items]
         found = [self.cache.get(k) for k in keys]
         todo = {k: item for k, item, v in zip(keys, items, found, strict=True) if v is None}
+        self.metrics.judgements.labels("cache").inc(len(keys) - len(todo))
+        self.metrics.judgements.labels("detector").inc(len(todo))
         if todo:
             batch = list(todo.items())
             size = sum(len(t) for _, (_, t) in batch)
@@ -153,6 +162,8 @@ class InjectionPolicy(Policy):
     def _act(self, ctx: RequestContext, messages: list[Any],
              hits: list[tuple[int, str, Verdict]]) -> None:
         i, role, top = max(hits, key=lambda h: h[2].score)
+        self.metrics.detections.labels(ctx.tenant_name, self.config.action,
+                                       "prompt_injection").inc()
         signals = ", ".join(top.reasons[:4]) or "classifier"
         ctx.decide(self.name, self.config.action, "prompt_injection", index=i, role=role,
                    score=round(top.score, 3), layer=top.layer, messages=[h[0] for h in hits])
@@ -172,6 +183,7 @@ class InjectionPolicy(Policy):
 
     def _leaked(self, ctx: RequestContext) -> None:
         ctx.decide(self.name, self.config.action, "prompt_leak")
+        self.metrics.detections.labels(ctx.tenant_name, self.config.action, "prompt_leak").inc()
         log.warning("canary token in reply: system prompt leaked (%s)", self.config.action)
         if self.config.action == "block":
             raise ContentFiltered("Reply withheld by the gateway: it contained the system "
@@ -203,20 +215,16 @@ class InjectionPolicy(Policy):
         token = self.canary
         if token is None or not ctx.get(_CANARY):
             return [chunk]
-        state = ctx.get(_LEAK)
-        if state is None:
-            state = _Leak()
-            ctx.set(_LEAK, state)
-        if state.leaked and self.config.action == "block":
-            return []  # the stream ends with an error event in on_stream_end
+        scanners = ctx.get(_SCANNERS)
+        if scanners is None:
+            scanners = {}
+            ctx.set(_SCANNERS, scanners)
         for choice in chunk.get("choices") or []:
             if isinstance(choice, dict) and isinstance(choice.get("delta"), dict):
-                self._scan_delta(ctx, state, token, choice)
-        if state.leaked and self.config.action == "block":
-            return []
+                self._scan_delta(ctx, scanners, token, choice)
         return [chunk]
 
-    def _scan_delta(self, ctx: RequestContext, state: _Leak, token: str,
+    def _scan_delta(self, ctx: RequestContext, scanners: _Scanners, token: str,
                     choice: dict[str, Any]) -> None:
         index = choice.get("index", 0)
         delta = choice["delta"]
@@ -229,41 +237,30 @@ class InjectionPolicy(Policy):
             if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
                 fields.append((f"tool{call.get('index', 0)}", fn, "arguments"))
         for key, holder, attr in fields:
-            scanner = state.scanners.setdefault((index, key), LeakScanner(token))
+            scanner = scanners.setdefault((index, key), LeakScanner(token))
             safe, hit = scanner.feed(holder.get(attr) or "")
             if hit:
-                state.leaked = True
-                self._leaked_in_stream(ctx, state)
-                safe += "[redacted]"
+                # Raised from a chunk hook, the refusal becomes the stream's final error
+                # event (before the head: a plain 400). The marker itself, and anything
+                # held back as its possible start, was never sent.
+                self._leaked(ctx)  # flag mode: the scanner already redacted the marker
             if finishing and key == "content":
                 safe += scanner.flush()
             if safe or attr in holder:
                 holder[attr] = safe
         if finishing:  # release text still held back in this choice's tool-call arguments
-            for (idx, key), scanner in state.scanners.items():
+            for (idx, key), scanner in scanners.items():
                 held = scanner.flush() if idx == index and key.startswith("tool") else ""
                 if held:
                     delta.setdefault("tool_calls", []).append(
                         {"index": int(key[4:]), "function": {"arguments": held}})
 
-    def _leaked_in_stream(self, ctx: RequestContext, state: _Leak) -> None:
-        # on_chunk cannot raise into the relay mid-stream: block mode stops sending and
-        # on_stream_end turns the stop into an error event; flag mode redacts and goes on.
-        ctx.decide(self.name, self.config.action, "prompt_leak", streamed=True)
-        log.warning("canary token in streamed reply: system prompt leaked")
-        if self.config.action != "block":
-            ctx.flag("prompt_leak")
-
     async def on_stream_end(self, ctx: RequestContext) -> list[Chunk]:
-        state = ctx.get(_LEAK)
-        if state is None:
-            return []
-        if state.leaked and self.config.action == "block":
-            raise ContentFiltered("Reply stopped by the gateway: it contained the system "
-                                  "prompt's canary token (prompt leakage).")
-        held = [(idx, key, s.flush()) for (idx, key), s in state.scanners.items()]
-        tail = [{"index": idx, "delta": {"content": text}, "finish_reason": None}
-                for idx, key, text in held if text and key == "content"]
+        """A stream that ended without a finish_reason chunk: release what is held."""
+        scanners = ctx.get(_SCANNERS) or {}
+        tail = [{"index": idx, "delta": {"content": held}, "finish_reason": None}
+                for (idx, key), s in scanners.items()
+                if key == "content" and (held := s.flush())]
         return [{"object": "chat.completion.chunk", "choices": tail}] if tail else []
 
 
@@ -280,4 +277,6 @@ def build(config: InjectionConfig, services: Services) -> InjectionPolicy:
 
     detector = services.shared(f"injection.detector.{name}", make)
     cache = services.shared("injection.verdicts", VerdictCache)
-    return InjectionPolicy(config, detector, cache, services.executor)
+    metrics = services.shared("injection.metrics",
+                              lambda: InjectionMetrics(services.metrics.registry))
+    return InjectionPolicy(config, detector, cache, services.executor, metrics)
