@@ -50,7 +50,8 @@ def variants(names: list[str]) -> dict[str, Callable[[], Detector]]:
     return {n: every[n] for n in names}
 
 
-def _scores(det: Detector, samples: list[data.Sample]) -> tuple[np.ndarray, np.ndarray, list[float]]:
+def _scores(det: Detector, samples: list[data.Sample]
+            ) -> tuple[np.ndarray, np.ndarray, list[float]]:
     scores, labels, times = [], [], []
     for s in samples:
         t0 = time.perf_counter()

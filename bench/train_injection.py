@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import injection_data as data
 
-from proxy.injection.classifier import LinearModel, features, units, windows
+from proxy.injection.classifier import LinearModel, features, units
 from proxy.injection.normalise import normalise
 
 Row = tuple[str, str, int, float]  # text, role, label, weight

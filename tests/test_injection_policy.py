@@ -263,11 +263,10 @@ async def test_canary_in_a_plain_reply_is_refused(services: Services) -> None:
 
 async def test_canary_in_tool_call_arguments_is_caught(services: Services) -> None:
     pol, ctx, token = await planted(services, action="flag")
+    call = {"id": "1", "type": "function",
+            "function": {"name": "send_email", "arguments": f'{{"b": "{token}"}}'}}
     body = {"choices": [{"index": 0, "message": {"role": "assistant", "content": None,
-                                                 "tool_calls": [{"id": "1", "type": "function",
-                                                                 "function": {
-                                                                     "name": "send_email",
-                                                                     "arguments": f'{{"b": "{token}"}}'}}]}}]}
+                                                 "tool_calls": [call]}}]}
     await pol.on_response(ctx, body)
     args = body["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
     assert token not in args and "[redacted]" in args
