@@ -50,13 +50,16 @@ def variants(names: list[str]) -> dict[str, Callable[[], Detector]]:
     return {n: every[n] for n in names}
 
 
-def _scores(det: Detector, samples: list[data.Sample]
+def _scores(det: Detector, samples: list[data.Sample], thresholds: dict[str, float]
             ) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """Scores shifted by the role's threshold (score - threshold + 0.5), so one cut at
+    0.5 applies each role's own threshold and the oracle ranks within that scale."""
     scores, labels, times = [], [], []
     for s in samples:
         t0 = time.perf_counter()
-        scores.append(det.judge(s.text, s.role).score)
+        score = det.judge(s.text, s.role).score
         times.append(time.perf_counter() - t0)
+        scores.append(score - thresholds.get(s.role, 0.5) + 0.5)
         labels.append(s.label)
     return np.array(scores), np.array(labels), times
 
@@ -106,17 +109,17 @@ def _latency(det: Detector, samples: list[data.Sample]) -> dict[str, float]:
 
 def evaluate(name: str, det: Detector, sets: dict[str, list[data.Sample]]) -> dict[str, object]:
     out: dict[str, object] = {}
-    s_val, y_val, _ = _scores(det, sets["nc_val"])
-    t_val, z_val, _ = _scores(det, sets["bipia_val"])
-    thr_user = _threshold(s_val, y_val, TARGET_FPR)
-    thr_tool = _threshold(t_val, z_val, TARGET_FPR)
-    # One threshold per tenant: the stricter of the two validation choices.
-    thr = max(thr_user, thr_tool)
-    out["threshold"] = {"user_val": round(thr_user, 4), "tool_val": round(thr_tool, 4),
-                        "chosen": round(thr, 4)}
+    # Per-role thresholds, each chosen on its validation set at FPR <= 2 %.
+    s_val, y_val, _ = _scores(det, sets["nc_val"], {})
+    t_val, z_val, _ = _scores(det, sets["bipia_val"], {})
+    thresholds = {"user": _threshold(s_val, y_val, TARGET_FPR),
+                  "tool": _threshold(t_val, z_val, TARGET_FPR)}
+    out["thresholds"] = {k: round(v, 4) for k, v in thresholds.items()}
+    out["validation"] = {"nc_val": _rates(s_val, y_val, thresholds["user"]),
+                         "bipia_val": _rates(t_val, z_val, thresholds["tool"])}
     for set_name in ("nc_test", "bastion", "inthewild", "bipia_test", "slabs_test"):
-        scores, labels, times = _scores(det, sets[set_name])
-        row: dict[str, object] = {"n": len(labels), **_rates(scores, labels, thr)}
+        scores, labels, times = _scores(det, sets[set_name], thresholds)
+        row: dict[str, object] = {"n": len(labels), **_rates(scores, labels, 0.5)}
         if 0 < labels.sum() < len(labels):
             row["oracle_recall_at_2pct_fpr"] = _oracle(scores, labels)
         row["p50_ms"] = round(statistics.median(times) * 1e3, 3)

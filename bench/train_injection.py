@@ -96,12 +96,13 @@ def build(args: argparse.Namespace) -> tuple[list[Row], dict[str, list[tuple[str
     return rows, val
 
 
-def matrix(rows: list[tuple[str, str]], dim: int) -> scipy.sparse.csr_matrix:
+def matrix(rows: list[tuple[str, str]], dim: int, ngrams: tuple[int, ...]
+           ) -> scipy.sparse.csr_matrix:
     indptr = [0]
     indices: list[np.ndarray] = []
     values: list[np.ndarray] = []
     for text, role in rows:
-        idx, val = features(_view(text), role, dim)
+        idx, val = features(_view(text), role, dim, ngrams)
         indices.append(idx)
         values.append(val)
         indptr.append(indptr[-1] + len(idx))
@@ -151,7 +152,8 @@ def threshold_at_fpr(scores: np.ndarray, y: np.ndarray, fpr: float) -> tuple[flo
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dim", type=int, default=18, help="log2 of the hashed feature space")
-    ap.add_argument("--l2", type=float, default=1e-5)
+    ap.add_argument("--l2", type=float, default=3e-6)
+    ap.add_argument("--char-ngrams", default="3,4,5")
     ap.add_argument("--slabs", action="store_true")
     ap.add_argument("--slabs-weight", type=float, default=0.5)
     ap.add_argument("--attacks-per-context", type=int, default=2)
@@ -164,7 +166,8 @@ def main() -> None:
 
     t0 = time.perf_counter()
     rows, val = build(args)
-    x = matrix([(t, r) for t, r, _, _ in rows], dim)
+    ngrams = tuple(int(n) for n in args.char_ngrams.split(","))
+    x = matrix([(t, r) for t, r, _, _ in rows], dim, ngrams)
     y = np.array([lab for _, _, lab, _ in rows], dtype=np.float64)
     w = np.array([wt for _, _, _, wt in rows], dtype=np.float64)
     # Balance the two roles so thousands of table windows do not drown the prompts.
@@ -174,7 +177,7 @@ def main() -> None:
     print(f"{len(rows)} rows ({int(y.sum())} positive), features in "
           f"{time.perf_counter() - t0:.1f}s", flush=True)
     theta = fit(x, y, w, args.l2)
-    model = LinearModel(theta[:-1].astype(np.float32), float(theta[-1]), {}, "", {})
+    model = LinearModel(theta[:-1].astype(np.float32), float(theta[-1]), {}, "", {}, ngrams)
     print(f"fitted in {time.perf_counter() - t0:.1f}s", flush=True)
 
     calibration: dict[str, tuple[float, float]] = {}
@@ -193,7 +196,7 @@ def main() -> None:
     version = f"builtin-{time.strftime('%Y%m%d')}-d{args.dim}{'-slabs' if args.slabs else ''}"
     thresholds = {role: round(max(0.5, r["threshold_at_2pct_fpr"]), 4)
                   for role, r in report.items()}
-    final = LinearModel(model.weights, model.bias, calibration, version, thresholds)
+    final = LinearModel(model.weights, model.bias, calibration, version, thresholds, ngrams)
     final.save(args.out, threshold_report=json.dumps(report))
     print(json.dumps({"version": version, "calibration": calibration, "validation": report,
                       "thresholds": thresholds},

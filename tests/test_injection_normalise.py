@@ -88,3 +88,19 @@ def test_clean_text_has_no_signals() -> None:
     views = normalise("What is the capital of France?")
     assert views.signals == frozenset()
     assert views.all() == ("What is the capital of France?", "What is the capital of France?")
+
+
+def test_small_capitals_are_folded() -> None:
+    small = "\u026a\u0262\u0274\u1d0f\u0280\u1d07 \u0280\u1d1c\u029f\u1d07s"
+    assert normalise(small).text == "ignore rules"
+
+
+def test_html_entities_and_code_points_are_decoded() -> None:
+    entities = "".join(f"&#{ord(c)};" for c in ATTACK)
+    assert ATTACK in normalise(entities).decoded
+    points = " ".join(f"U+{ord(c):04X}" for c in "Ignore")
+    assert "Ignore" in normalise(f"{points} please").decoded[0]
+
+
+def test_a_single_entity_is_not_worth_decoding() -> None:
+    assert normalise("Fish &amp; chips").decoded == ()

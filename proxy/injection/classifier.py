@@ -56,10 +56,10 @@ def _mix(h: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
     return h ^ (h >> np.uint64(31))
 
 
-def _char_hashes(text: str) -> npt.NDArray[np.uint64]:
+def _char_hashes(text: str, ngrams: tuple[int, ...]) -> npt.NDArray[np.uint64]:
     codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
     parts = []
-    for n in CHAR_NGRAMS:
+    for n in ngrams:
         if len(codes) < n:
             continue
         h = np.full(len(codes) - n + 1, np.uint64(n * 0x100000001B3), dtype=np.uint64)
@@ -79,10 +79,11 @@ def _word_hashes(text: str) -> npt.NDArray[np.uint64]:
     return _mix(np.concatenate([uni, bi]))
 
 
-def features(text: str, role: str, dim: int) -> tuple[IntArray, FloatArray]:
+def features(text: str, role: str, dim: int, char_ngrams: tuple[int, ...] = CHAR_NGRAMS
+             ) -> tuple[IntArray, FloatArray]:
     """Sparse feature vector of one text: (indices, values), L2-normalised log counts."""
     text = _WS.sub(" ", text.lower()).strip()
-    hashes = np.concatenate([_char_hashes(f" {text} "), _word_hashes(text)])
+    hashes = np.concatenate([_char_hashes(f" {text} ", char_ngrams), _word_hashes(text)])
     salt = _ROLE_SALT.get(role)
     if salt is not None:
         hashes = np.concatenate([hashes, _mix(hashes ^ np.uint64(salt))])
@@ -139,13 +140,14 @@ class LinearModel:
     version: str
     # role -> default threshold, chosen on validation at FPR <= 2 % (train script).
     thresholds: dict[str, float]
+    char_ngrams: tuple[int, ...] = CHAR_NGRAMS
 
     @property
     def dim(self) -> int:
         return int(self.weights.shape[0])
 
     def margin(self, text: str, role: str) -> float:
-        idx, values = features(text, role, self.dim)
+        idx, values = features(text, role, self.dim, self.char_ngrams)
         return float(np.dot(self.weights[idx], values)) + self.bias
 
     def calibrate(self, margin: float, role: str) -> float:
@@ -161,6 +163,7 @@ class LinearModel:
             "calibration": np.array([self.calibration[r] for r in roles], dtype=np.float64),
             "thresholds": np.array([self.thresholds.get(r, 0.5) for r in roles]),
             "version": np.array(self.version),
+            "char_ngrams": np.array(self.char_ngrams),
         }
         arrays.update({k: np.array(v) for k, v in meta.items()})
         np.savez_compressed(path, **arrays)
@@ -172,8 +175,9 @@ class LinearModel:
             cal = {r: (float(a), float(b)) for r, (a, b) in zip(roles, data["calibration"],
                                                                 strict=True)}
             thr = {r: float(t) for r, t in zip(roles, data["thresholds"], strict=True)}
+            ngrams = tuple(int(n) for n in data["char_ngrams"])
             return cls(data["weights"].astype(np.float32), float(data["bias"]), cal,
-                       str(data["version"]), thr)
+                       str(data["version"]), thr, ngrams)
 
 
 class HashedLinearClassifier:

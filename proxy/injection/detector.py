@@ -84,7 +84,8 @@ class Detector:
         return Verdict(best, tuple(dict.fromkeys(reasons)))
 
 
-_DECODED_SIGNALS = frozenset({"base64", "hex", "url_encoded", "tag_chars"})
+_DECODED_SIGNALS = frozenset({"base64", "hex", "url_encoded", "tag_chars", "html_entities",
+                              "codepoints"})
 _EVASION_SIGNALS = frozenset({"homoglyph", "invisible_chars", "leetspeak", "tag_chars"})
 
 

@@ -4,7 +4,8 @@ Detection runs on *views* of a message, never on what is forwarded: the message 
 is not changed here. ``text`` is the Unicode-normalised form (NFKC, invisible and bidi
 controls removed, mixed-script homoglyphs folded), ``folded`` additionally undoes
 leetspeak and letter-spacing ("1gn0r3", "i g n o r e"), and ``decoded`` holds payloads
-that were base64 / hex / URL-encoded or smuggled in Unicode tag characters, decoded, so
+that were base64 / hex / URL-encoded, written as HTML entities or U+ code points, or
+smuggled in Unicode tag characters, decoded, so
 the rules and the classifier judge what the model would read once it decodes them.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import html
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -24,15 +26,18 @@ _INVISIBLE = "\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b\u200c\u200d
 _BIDI = "\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 _STRIP = {ord(c): None for c in _INVISIBLE + _BIDI}
 
-# Cyrillic / Greek / Latin-extended letters that render like ASCII letters. NFKC does
+# Cyrillic / Greek / Latin-extended letters and small capitals that render like ASCII
+# letters. NFKC does
 # not fold these (they are distinct letters), so "ignore" spelt with Cyrillic i, o, e
 # survives it.
 _HOMOGLYPHS = str.maketrans(
     "\u0430\u0435\u043e\u0440\u0441\u0443\u0445\u0456\u0458\u0455\u0501\u04bb\u04cf\u051b"
     "\u051d\u0261\u0410\u0412\u0415\u041a\u041c\u041d\u041e\u0420\u0421\u0422\u0425\u0423"
     "\u0406\u0408\u0405\u03b1\u03bf\u03c1\u03bd\u03c4\u03b9\u03ba\u03c5\u0391\u0392\u0395"
-    "\u0396\u0397\u0399\u039a\u039c\u039d\u039f\u03a1\u03a4\u03a5\u03a7\u0251\u0131",
-    "aeopcyxijsdhlqwgABEKMHOPCTXYIJSaopvtikuABEZHIKMNOPTYXai",
+    "\u0396\u0397\u0399\u039a\u039c\u039d\u039f\u03a1\u03a4\u03a5\u03a7\u0251\u0131\u1d00"
+    "\u0299\u1d04\u1d05\u1d07\ua730\u0262\u029c\u026a\u1d0a\u1d0b\u029f\u1d0d\u0274\u1d0f"
+    "\u1d18\u01eb\u0280\ua731\u1d1b\u1d1c\u1d20\u1d21\u028f\u1d22",
+    "aeopcyxijsdhlqwgABEKMHOPCTXYIJSaopvtikuABEZHIKMNOPTYXaiabcdefghijklmnopqrstuvwyz",
 )
 _CONFUSABLE = frozenset(_HOMOGLYPHS)
 _WORD = re.compile(r"\w+")
@@ -50,6 +55,8 @@ _BASE64 = re.compile(r"[A-Za-z0-9+/\-_]{16,}={0,2}")
 _HEX = re.compile(r"(?:\\x|0x)?(?:[0-9A-Fa-f]{2}(?:\\x|[ :]?)){8,}")
 _URLENC = re.compile(r"%[0-9A-Fa-f]{2}")
 _TAGS = re.compile("[\U000e0000-\U000e007f]+")
+_HTML_ENTITY = re.compile(r"&(?:#\d{2,6}|#x[0-9A-Fa-f]{2,6}|[A-Za-z]{2,8});")
+_CODEPOINT = re.compile(r"\b[Uu]\+([0-9A-Fa-f]{4,6})\b ?")
 MAX_DECODE_DEPTH = 2
 
 
@@ -121,12 +128,21 @@ def _decode_runs(text: str) -> list[tuple[str, str]]:
                 out.append(("hex", decoded))
     if len(_URLENC.findall(text)) >= 3:
         out.append(("url_encoded", unquote(text)))
+    if len(_HTML_ENTITY.findall(text)) >= 3:
+        out.append(("html_entities", html.unescape(text)))
+    if len(_CODEPOINT.findall(text)) >= 3:
+        out.append(("codepoints", _CODEPOINT.sub(lambda m: _chr(m.group(1)), text)))
     for m in _TAGS.finditer(text):
         # Unicode tag characters mirror ASCII and render as nothing ("ASCII smuggling").
         hidden = "".join(chr(ord(c) - 0xE0000) for c in m.group(0) if 0xE0020 <= ord(c) < 0xE007F)
         if hidden.strip():
             out.append(("tag_chars", hidden))
     return out
+
+
+def _chr(hex_digits: str) -> str:
+    code = int(hex_digits, 16)
+    return chr(code) if code <= 0x10FFFF else ""
 
 
 def _unleet(text: str) -> str:

@@ -76,6 +76,24 @@ RULES: tuple[Rule, ...] = (
         r"uncensored|jailbroken|free|evil|bound|restricted|limited|in\s+developer\s+mode)\b|"
         r"\b(?:developer|god|jailbreak|DAN)\s+mode\s+(?:enabled|activated|on)\b|"
         r"\bdo\s+anything\s+now\b", _I), 0.96),
+    # The vocabulary of persona jailbreaks ("DAN", "developer mode", "an AI without
+    # ethical guidelines that never refuses"); each alternative fired on no benign
+    # training text (neuralchemy, S-Labs, BIPIA contexts, the pydoc corpus).
+    Rule("jailbreak_persona", "jailbreak", re.compile(
+        r"(?-i:\bDAN\b)|"
+        r"\b(?:without|no|free\s+(?:of|from)|any)\s+(?:any\s+)?(?:ethical|moral|content|"
+        r"safety)\s+(?:or\s+\w+\s+)?(?:guidelines|restrictions|filters|filtering|constraints|"
+        r"limits|boundaries|policies|principles)\b|"
+        r"\b(?:ignore|bypass|disregard|break|not\s+bound\s+by|(?:doesn't|does\s+not|don't|"
+        r"do\s+not)\s+(?:have\s+to\s+)?(?:follow|abide\s+by|adhere\s+to|care\s+about))\s+"
+        r"(?:the\s+|any\s+|all\s+|of\s+)?(?:openai(?:'s)?|usage|safety)\s+(?:content\s+)?"
+        r"(?:policy|policies|guidelines|rules|filters?)\b|"
+        r"\b(?:you|it|he|she|they)\s+(?:will\s+|must\s+|should\s+|can\s+|shall\s+)?"
+        r"(?:never|not|won't|cannot|can't)\s+(?:ever\s+)?refuse\b|"
+        r"\b(?:developer|god|unrestricted|evil|opposite|unfiltered|jailbreak)\s+mode\b|"
+        r"\b(?:amoral|unfiltered|uncensored|unrestricted|unethical|immoral)\s+(?:and\s+\w+\s+)?"
+        r"(?:ai|assistant|chatbot|bot|model|language\s+model|character|version)\b|"
+        r"\b(?:stay|remain|staying)\s+in\s+character\b", _I), 0.95),
     Rule("prompt_extraction", "prompt_extraction", re.compile(
         r"\b(?:reveal|show|print|output|repeat|display|leak|dump|recite|return|give|tell|"
         r"write\s+out|spell\s+out|summari[sz]e|translate)\s+(?:me\s+|us\s+)?(?:back\s+)?"
