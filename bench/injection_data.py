@@ -142,6 +142,7 @@ BIPIA_VAL_CATEGORIES = ("Programming Help", "Clickbait", "Homophonic Substitutio
 class BipiaPartition:
     contexts: list[str]
     attacks: list[str]
+    kinds: list[str]  # "email" or "table", per context
 
 
 def bipia_partition(split: str, seed: int = 0, directory: Path | None = None) -> BipiaPartition:
@@ -150,16 +151,29 @@ def bipia_partition(split: str, seed: int = 0, directory: Path | None = None) ->
     directory = directory or bipia_dir()
     source = "test" if split == "test" else "train"
     by_cat = json.loads((directory / f"text_attack_{source}.json").read_text(encoding="utf-8"))
-    contexts = [c for _, c in _bipia_contexts(source, directory)]
+    pairs = _bipia_contexts(source, directory)
     if split == "test":
-        return BipiaPartition(contexts, [a for items in by_cat.values() for a in items])
-    random.Random(seed).shuffle(contexts)
-    n_val = len(contexts) // 5
+        return BipiaPartition([c for _, c in pairs],
+                              [a for items in by_cat.values() for a in items],
+                              [k for k, _ in pairs])
+    # Stratified by kind: BIPIA train has 50 e-mails and 900 tables, and a plain shuffle
+    # can leave the validation split with almost no e-mails.
+    rng = random.Random(seed)
+    fit: list[tuple[str, str]] = []
+    val: list[tuple[str, str]] = []
+    for kind in ("email", "table"):
+        group = [p for p in pairs if p[0] == kind]
+        rng.shuffle(group)
+        n_val = len(group) // 5
+        val += group[:n_val]
+        fit += group[n_val:]
     if split == "validation":
-        return BipiaPartition(contexts[:n_val],
-                              [a for c in BIPIA_VAL_CATEGORIES for a in by_cat[c]])
-    return BipiaPartition(contexts[n_val:], [a for c, items in by_cat.items()
-                                             if c not in BIPIA_VAL_CATEGORIES for a in items])
+        return BipiaPartition([c for _, c in val],
+                              [a for c in BIPIA_VAL_CATEGORIES for a in by_cat[c]],
+                              [k for k, _ in val])
+    return BipiaPartition([c for _, c in fit], [a for c, items in by_cat.items()
+                                                if c not in BIPIA_VAL_CATEGORIES for a in items],
+                          [k for k, _ in fit])
 
 
 def bipia(split: str, attacks_per_context: int = 5, seed: int = 0,
@@ -172,9 +186,9 @@ def bipia(split: str, attacks_per_context: int = 5, seed: int = 0,
     part = bipia_partition(split, seed, directory)
     rng = random.Random(seed + 1)
     out: list[Sample] = []
-    for context in part.contexts:
-        out.append(Sample(context, 0, "tool", "bipia-clean"))
+    for kind, context in zip(part.kinds, part.contexts, strict=True):
+        out.append(Sample(context, 0, "tool", f"bipia-{kind}"))
         for attack in rng.sample(part.attacks, min(attacks_per_context, len(part.attacks))):
             where = rng.choice(("start", "middle", "end"))
-            out.append(Sample(insert(context, attack, where), 1, "tool", "bipia-injected"))
+            out.append(Sample(insert(context, attack, where), 1, "tool", f"bipia-{kind}"))
     return out

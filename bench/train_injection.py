@@ -45,19 +45,23 @@ def _view(text: str) -> str:
 
 
 def _bipia_rows(
-    contexts: list[str], attacks: list[str], rng: random.Random, per_context: int
+    part: data.BipiaPartition, attacks: list[str], rng: random.Random, per_context: int
 ) -> list[Row]:
-    """Training rows: the detector's windows of clean and of injected contexts."""
+    """Training rows: the detector's windows of clean and of injected contexts. E-mails
+    are weighted up to carry as much weight as the (18 times more numerous) tables."""
     rows: list[Row] = []
-    for context in contexts:
+    n_email = max(1, part.kinds.count("email"))
+    weights = {"email": part.kinds.count("table") / n_email, "table": 1.0}
+    for kind, context in zip(part.kinds, part.contexts, strict=True):
+        wt = weights[kind]
         for w in units(context, "tool"):
-            rows.append((w, "tool", 0, 1.0))
+            rows.append((w, "tool", 0, wt))
         for attack in rng.sample(attacks, min(per_context, len(attacks))):
             where = rng.choice(("start", "middle", "end"))
             doc = data.insert(context, attack, where)
             for w in units(doc, "tool"):
                 if attack in w:
-                    rows.append((w, "tool", 1, 1.0))
+                    rows.append((w, "tool", 1, wt))
     return rows
 
 
@@ -83,7 +87,7 @@ def build(args: argparse.Namespace) -> tuple[list[Row], dict[str, list[tuple[str
 
     fit = data.bipia_partition("fit", args.seed)
     nc_attacks = [s.text for s in data.neuralchemy("train") if s.label == 1 and len(s.text) < 400]
-    fit_rows = _bipia_rows(fit.contexts, fit.attacks + rng.sample(nc_attacks, 300), rng,
+    fit_rows = _bipia_rows(fit, fit.attacks + rng.sample(nc_attacks, 300), rng,
                            args.attacks_per_context)
     rows += fit_rows
     if args.docs:

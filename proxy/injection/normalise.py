@@ -48,6 +48,7 @@ _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t
 _LEET_TOKEN = re.compile(
     r"(?<![\w@$!|€])(?=[\w@$!|€]*[A-Za-z])(?=[\w@$!|€]*[0134578@$!|€])[\w@$!|€]{3,20}(?![\w@$!|€])"
 )
+_LITERAL = re.compile(r"(\S+@\S+\.\w+|https?://\S+|www\.\S+)")
 # "i g n o r e", "i.g.n.o.r.e", "i-g-n-o-r-e": four or more single letters spaced out.
 _SPACED = re.compile(r"\b(?:[A-Za-z][ .\-_*]){3,}[A-Za-z]\b")
 
@@ -145,9 +146,18 @@ def _chr(hex_digits: str) -> str:
     return chr(code) if code <= 0x10FFFF else ""
 
 
+def _fold_token(m: re.Match[str]) -> str:
+    token = m.group(0)
+    # Trailing "!", "$" or "|" is punctuation ("Hi!"), not a letter in disguise.
+    core = token.rstrip("!$|")
+    return core.translate(_LEET) + token[len(core):]
+
+
 def _unleet(text: str) -> str:
     text = _SPACED.sub(lambda m: re.sub(r"[ .\-_*]", "", m.group(0)), text)
-    return _LEET_TOKEN.sub(lambda m: m.group(0).translate(_LEET), text)
+    # Addresses and URLs keep their digits: "sara142@abc.com" is not "saraia2aabc".
+    parts = _LITERAL.split(text)
+    return "".join(p if i % 2 else _LEET_TOKEN.sub(_fold_token, p) for i, p in enumerate(parts))
 
 
 def normalise(text: str) -> Views:
