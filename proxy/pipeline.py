@@ -65,22 +65,30 @@ class Policy:
     def handles_chunks(cls) -> bool:
         return cls.on_chunk is not Policy.on_chunk or cls.on_stream_end is not Policy.on_stream_end
 
+    @classmethod
+    def handles_responses(cls) -> bool:
+        return cls.on_response is not Policy.on_response
+
 
 class Chain:
     """Runs policies for one request and remembers which ones entered."""
 
-    __slots__ = ("_entered", "_policies", "streams")
+    __slots__ = ("_entered", "_policies", "responds", "streams")
 
-    def __init__(self, policies: Sequence[Policy]) -> None:
-        self._policies = list(policies)
+    def __init__(self, policies: Sequence[Policy] = ()) -> None:
+        self._policies: list[Policy] = []
         self._entered: list[Policy] = []
-        # Whether any policy needs parsed chunks; if none does, streams relay raw bytes.
-        self.streams = any(type(p).handles_chunks() for p in self._policies)
+        # Whether any policy needs parsed chunks / replies; if none does, Warden relays
+        # the provider's bytes untouched.
+        self.streams = False
+        self.responds = False
+        self.extend(policies)
 
     def extend(self, policies: Sequence[Policy]) -> None:
         """Append policies after the chain has started (the tenant's, once auth ran)."""
         self._policies.extend(policies)
         self.streams = self.streams or any(type(p).handles_chunks() for p in policies)
+        self.responds = self.responds or any(type(p).handles_responses() for p in policies)
 
     async def request(self, ctx: RequestContext, start: int = 0) -> None:
         for policy in self._policies[start:]:

@@ -1,0 +1,117 @@
+"""The aiohttp application factory.
+
+No module-level state: everything a request needs hangs off the app under typed keys,
+and everything that must be closed is owned by a cleanup context.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from proxy.appkeys import POLICIES, SERVICES, SETTINGS, UPSTREAM
+from proxy.errors import BadRequest, PayloadTooLarge, WardenError
+from proxy.metrics import Metrics
+from proxy.routes import add_routes
+from proxy.services import Services
+from proxy.settings import Settings
+from proxy.store import create_store
+from proxy.tenants import PolicyHolder, PolicySet, load_policy_set
+from proxy.upstream.failover import Upstream
+from proxy.upstream.openai import OpenAITransport, create_session
+from proxy.upstream.translated import TranslatedTransport
+
+log = logging.getLogger("warden.app")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class _RouteError(WardenError):
+    """A router-level HTTP error (unknown path, wrong method) in OpenAI's shape."""
+
+    type = "invalid_request_error"
+
+    def __init__(self, status: int, message: str, code: str) -> None:
+        super().__init__(message, code=code)
+        self.status = status  # type: ignore[misc]
+
+
+@web.middleware
+async def openai_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Whatever escapes a handler still leaves as an OpenAI-format error, never a
+    traceback: router 404/405/413 included."""
+    try:
+        return await handler(request)
+    except web.HTTPRequestEntityTooLarge as e:
+        err: WardenError = PayloadTooLarge(f"request body exceeds the limit of {e.max_size} bytes")
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status, "http_error")
+        message = f"{request.method} {request.path}: {e.reason}"
+        err = _RouteError(e.status, message, code)
+    except WardenError as e:
+        err = e
+    except ValueError as e:  # e.g. a header aiohttp could not parse
+        err = BadRequest(f"malformed request: {e}")
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        err = _RouteError(500, "internal error in Warden; see its log", "internal_error")
+    return web.json_response(err.body(), status=err.status, headers=err.headers)
+
+
+async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    translated = TranslatedTransport()
+    upstream = Upstream(OpenAITransport(create_session(settings.upstream_pool_size)), translated)
+    app[UPSTREAM] = upstream
+    if _needs_translation(app[POLICIES].current):
+        await translated.warm()  # pay litellm's import before the first request, not in it
+    yield
+    await upstream.close()
+
+
+def _needs_translation(policies: PolicySet) -> bool:
+    return any(
+        not d.fast
+        for tenant in policies.tenants.values()
+        for deployments in tenant.config.models.values()
+        for d in deployments
+    )
+
+
+async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
+    yield
+    services = app[SERVICES]
+    await services.store.close()
+    services.close()
+
+
+def create_app(settings: Settings, services: Services | None = None) -> web.Application:
+    """Build the proxy app; raises ``tenants.PolicyError`` when the policies are invalid."""
+    if services is None:
+        services = Services(
+            settings=settings,
+            store=create_store(settings.redis_url, settings.redis_prefix),
+            metrics=Metrics(access_log_enabled=settings.access_log),
+        )
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[openai_errors])
+    app[SETTINGS] = settings
+    app[SERVICES] = services
+    app[POLICIES] = PolicyHolder(load_policy_set(settings.policies_dir, services))
+    app.cleanup_ctx.append(_services_ctx)
+    app.cleanup_ctx.append(_upstream_ctx)
+    add_routes(app)
+    return app
+
+
+def create_metrics_app(services: Services) -> web.Application:
+    """/metrics alone, for WARDEN_METRICS_PORT."""
+    from proxy.routes import metrics
+
+    app = web.Application()
+    app[SERVICES] = services
+    app.router.add_get("/metrics", metrics)
+    return app

@@ -1,0 +1,235 @@
+"""OpenAI-compatible handlers: chat completions, embeddings, models; health and metrics.
+
+Each proxied request: authenticate -> read and check the body -> route the model ->
+the tenant's chain of request hooks -> upstream (with failover) -> the chain in reverse
+-> the client. Every refusal is a ``WardenError``, rendered here and only here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from proxy import jsonbody, validate
+from proxy.appkeys import POLICIES, SERVICES, UPSTREAM
+from proxy.context import Operation, RequestContext
+from proxy.errors import (
+    BadRequest,
+    ModelNotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    UpstreamFailed,
+    WardenError,
+)
+from proxy.pipeline import Chain
+from proxy.policies.auth import authenticate
+from proxy.relay import force_stream_usage, relay_stream, usage_of
+from proxy.upstream.base import UpstreamError, UpstreamReply
+
+log = logging.getLogger("warden.routes")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Client headers that identify the AutoGen agent / conversation (logged, never labels).
+_IDENTITY_HEADERS = ("x-warden-agent", "x-warden-conversation")
+
+
+def request_id(request: web.Request) -> str:
+    incoming = request.headers.get("x-request-id")
+    if incoming and _REQUEST_ID.match(incoming):
+        return incoming
+    return uuid.uuid4().hex
+
+
+def error_response(error: WardenError, ctx: RequestContext | None = None) -> web.Response:
+    headers = dict(error.headers)
+    if ctx is not None:
+        headers.update(ctx.response_headers)
+        headers["x-request-id"] = ctx.request_id
+        ctx.status = error.status
+        ctx.error_type = ctx.error_type or error.reason
+    return web.json_response(error.body(), status=error.status, headers=headers)
+
+
+async def read_json(request: web.Request) -> Any:
+    ctype = request.content_type
+    if ctype not in ("application/json", "application/octet-stream") and request.body_exists:
+        raise UnsupportedMediaType(f"Content-Type must be application/json, got {ctype!r}")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as e:
+        raise PayloadTooLarge(
+            f"request body exceeds the limit of {e.max_size} bytes"
+        ) from None
+    if not raw:
+        raise BadRequest("request body is empty; expected a JSON object")
+    return jsonbody.loads(raw)
+
+
+async def proxied(request: web.Request, operation: Operation) -> web.StreamResponse:
+    app = request.app
+    ctx = RequestContext(request_id=request_id(request), operation=operation)
+    for name in _IDENTITY_HEADERS:
+        if name in request.headers:
+            ctx.client_headers[name] = request.headers[name][:128]
+    chain = Chain()
+    try:
+        return await _proxied(request, ctx, chain)
+    except WardenError as e:
+        return error_response(e, ctx)
+    except asyncio.CancelledError:
+        ctx.client_disconnected = True
+        ctx.status = ctx.status or 499
+        raise
+    finally:
+        try:
+            await chain.done(ctx)
+        finally:
+            app[SERVICES].metrics.record(ctx)
+
+
+async def _proxied(request: web.Request, ctx: RequestContext, chain: Chain) -> web.StreamResponse:
+    app = request.app
+    tenant = authenticate(app[POLICIES].current, request.headers)
+    ctx.tenant = tenant
+    raw = await read_json(request)
+    body = validate.chat(raw) if ctx.operation == "chat" else validate.embeddings(raw)
+    ctx.body = body
+    ctx.model = body["model"]
+    ctx.stream = body.get("stream") is True and ctx.operation == "chat"
+    deployments = tenant.routes(ctx.model)
+    if deployments is None:
+        raise ModelNotFound(
+            f"The model '{ctx.model}' does not exist or you do not have access to it.",
+            param="model",
+        )
+    ctx.deployments = deployments
+    chain.extend(tenant.policies)
+    await chain.request(ctx)
+    if ctx.stream:
+        force_stream_usage(ctx)
+    result = await app[UPSTREAM].call(ctx, ctx.body)
+    if isinstance(result, UpstreamReply):
+        return await _reply(ctx, chain, result)
+    response = web.StreamResponse(status=200, headers=_head(ctx, "text/event-stream"))
+    response.headers["Cache-Control"] = "no-cache"
+    await relay_stream(request, response, ctx, chain, result)
+    return response
+
+
+def _head(ctx: RequestContext, content_type: str) -> dict[str, str]:
+    headers = {"Content-Type": content_type, "x-request-id": ctx.request_id}
+    if ctx.flags:
+        ctx.response_headers["x-warden-flags"] = ",".join(ctx.flags)
+    headers.update(ctx.response_headers)
+    headers["x-warden-overhead-ms"] = f"{(ctx.elapsed() - ctx.upstream_s) * 1000:.3f}"
+    return headers
+
+
+async def _reply(ctx: RequestContext, chain: Chain, reply: UpstreamReply) -> web.Response:
+    try:
+        payload = reply.json()
+    except UpstreamError as e:
+        raise UpstreamFailed(f"provider returned an unreadable reply (status {reply.status}): "
+                             f"{e}") from None
+    if reply.status >= 400 or not isinstance(payload, dict):
+        if not isinstance(payload, dict):
+            raise UpstreamFailed("provider reply is not a JSON object")
+        # A provider's own error (after failover gave up) is returned as the provider
+        # said it, like the provider would have answered the agent directly.
+        ctx.status = reply.status
+        ctx.error_type = f"upstream_{reply.status}"
+        return web.Response(body=reply.body, status=reply.status,
+                            headers={**reply.headers, **_head(ctx, "application/json")})
+    ctx.usage = usage_of(payload)
+    model = payload.get("model")
+    ctx.response_model = model if isinstance(model, str) else None
+    body = reply.body
+    if chain.responds:
+        await chain.response(ctx, payload)
+        body = jsonbody.dumps(payload)
+    ctx.status = 200
+    return web.Response(body=body, status=200, headers=_head(ctx, "application/json"))
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await proxied(request, "chat")
+
+
+async def embeddings(request: web.Request) -> web.StreamResponse:
+    return await proxied(request, "embeddings")
+
+
+def _model_card(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "warden"}
+
+
+async def list_models(request: web.Request) -> web.Response:
+    ctx = RequestContext(request_id=request_id(request), operation="models")
+    try:
+        tenant = authenticate(request.app[POLICIES].current, request.headers)
+    except WardenError as e:
+        return error_response(e, ctx)
+    data = [_model_card(name) for name in tenant.config.models]
+    return web.json_response({"object": "list", "data": data},
+                             headers={"x-request-id": ctx.request_id})
+
+
+async def get_model(request: web.Request) -> web.Response:
+    ctx = RequestContext(request_id=request_id(request), operation="models")
+    try:
+        tenant = authenticate(request.app[POLICIES].current, request.headers)
+        name = request.match_info["model"]
+        if name not in tenant.config.models:
+            raise ModelNotFound(f"The model '{name}' does not exist or you do not have "
+                                "access to it.", param="model")
+    except WardenError as e:
+        return error_response(e, ctx)
+    return web.json_response(_model_card(name), headers={"x-request-id": ctx.request_id})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    app = request.app
+    holder = app[POLICIES]
+    services = app[SERVICES]
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(2):
+            store_ok = await services.store.ping()
+    except Exception:  # an unreachable store is a "not ready", never a 500
+        store_ok = False
+    detail: dict[str, Any] = {
+        "policies": {"tenants": len(holder.current.tenants), "version": holder.version,
+                     "last_reload_error": holder.last_error},
+        "store": {**services.store.describe(), "reachable": store_ok,
+                  "ping_ms": round((time.perf_counter() - started) * 1000, 3)},
+    }
+    degraded_ok = services.settings.store_failure_mode == "open"
+    ready = bool(holder.current.tenants) and (store_ok or degraded_ok)
+    detail["status"] = "ready" if ready else "not_ready"
+    return web.json_response(detail, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    m = request.app[SERVICES].metrics
+    return web.Response(body=m.render(), headers={"Content-Type": m.content_type})
+
+
+def add_routes(app: web.Application) -> None:
+    for prefix in ("/v1", ""):
+        app.router.add_post(f"{prefix}/chat/completions", chat_completions)
+        app.router.add_post(f"{prefix}/embeddings", embeddings)
+        app.router.add_get(f"{prefix}/models", list_models)
+        app.router.add_get(f"{prefix}/models/{{model}}", get_model)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)

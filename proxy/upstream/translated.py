@@ -1,0 +1,142 @@
+"""Every provider that does not speak the OpenAI API, translated by litellm.
+
+The only module that imports litellm, and only when a translated deployment is called
+(``import litellm`` costs ~4 s and ~200 MB; a fleet of OpenAI-only sidecars never pays
+it). The import runs in a thread so the event loop keeps serving meanwhile. litellm's
+own retries are off: failover is ``failover.py``'s job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from proxy import jsonbody, sse
+from proxy.context import Operation
+from proxy.tenants import Deployment
+from proxy.upstream.base import UpstreamError, UpstreamReply
+
+# Never fetch the price map from GitHub; litellm ships a copy.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+# OpenAI request fields litellm knows how to translate. Anything else would reach a
+# non-OpenAI provider as an unknown parameter and fail there, so for translated
+# deployments only these are passed (the fast path forwards every field).
+_ALLOWED = frozenset({
+    "messages", "temperature", "top_p", "n", "stop", "max_tokens", "max_completion_tokens",
+    "presence_penalty", "frequency_penalty", "logit_bias", "user", "tools", "tool_choice",
+    "parallel_tool_calls", "response_format", "seed", "stream_options", "metadata",
+    "input", "dimensions", "encoding_format",
+})
+
+
+class TranslatedTransport:
+    def __init__(self) -> None:
+        self._litellm: Any = None
+        self._lock = asyncio.Lock()
+
+    async def _module(self) -> Any:
+        if self._litellm is None:
+            async with self._lock:
+                if self._litellm is None:
+                    loop = asyncio.get_running_loop()
+                    self._litellm = await loop.run_in_executor(None, _import_litellm)
+        return self._litellm
+
+    async def warm(self) -> None:
+        await self._module()
+
+    async def send(
+        self, deployment: Deployment, operation: Operation, body: dict[str, Any], stream: bool
+    ) -> UpstreamReply | TranslatedStream:
+        litellm = await self._module()
+        kwargs: dict[str, Any] = {k: v for k, v in body.items() if k in _ALLOWED}
+        kwargs.update(
+            model=f"{deployment.provider}/{deployment.model}",
+            api_base=deployment.api_base, api_key=deployment.credential() or "none",
+            timeout=deployment.timeouts.total, num_retries=0, max_retries=0,
+        )
+        if deployment.headers:
+            kwargs["extra_headers"] = dict(deployment.headers)
+        try:
+            if operation == "embeddings":
+                result = await litellm.aembedding(**kwargs)
+            elif stream:
+                kwargs["stream"] = True
+                kwargs["stream_options"] = {"include_usage": True}
+                async with asyncio.timeout(deployment.timeouts.first_byte):
+                    wrapper = await litellm.acompletion(**kwargs)
+                return TranslatedStream(wrapper, deployment.timeouts.idle)
+            else:
+                result = await litellm.acompletion(**kwargs)
+        except asyncio.TimeoutError:
+            raise UpstreamError("timeout", "provider did not answer in time", timeout=True) from None
+        except Exception as e:  # litellm maps provider errors onto its exception types
+            return _error_reply(litellm, e)
+        return UpstreamReply(200, jsonbody.dumps(_dump(result)))
+
+    async def close(self) -> None:
+        return None
+
+
+def _import_litellm() -> Any:
+    import litellm
+
+    litellm.suppress_debug_info = True
+    litellm.telemetry = False
+    return litellm
+
+
+def _dump(obj: Any) -> dict[str, Any]:
+    data: dict[str, Any] = obj.model_dump(exclude_none=False)
+    # litellm adds private bookkeeping fields that are not part of the OpenAI shape.
+    for k in [k for k in data if k.startswith("_")]:
+        del data[k]
+    return data
+
+
+def _error_reply(litellm: Any, exc: Exception) -> UpstreamReply:
+    status = getattr(exc, "status_code", None)
+    if isinstance(exc, litellm.Timeout):
+        raise UpstreamError("timeout", "provider did not answer in time", timeout=True) from None
+    if isinstance(exc, litellm.APIConnectionError) or not isinstance(status, int):
+        raise UpstreamError("connect_error", f"provider call failed: {type(exc).__name__}") from None
+    message = str(getattr(exc, "message", "") or exc)
+    body = {"error": {"message": message, "type": "upstream_error", "param": None,
+                      "code": str(status)}}
+    return UpstreamReply(status, json.dumps(body).encode())
+
+
+class TranslatedStream:
+    status = 200
+
+    def __init__(self, wrapper: Any, idle_s: float) -> None:
+        self.headers: dict[str, str] = {}
+        self._wrapper = wrapper
+        self._idle_s = idle_s
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        iterator = self._wrapper.__aiter__()
+        while True:
+            try:
+                async with asyncio.timeout(self._idle_s):
+                    chunk = await iterator.__anext__()
+            except StopAsyncIteration:
+                break
+            except asyncio.TimeoutError:
+                raise UpstreamError("timeout", "provider stream stalled", timeout=True) from None
+            except Exception as e:
+                raise UpstreamError("reset", f"provider stream failed: {type(e).__name__}") from None
+            yield sse.encode(_dump(chunk))
+        yield sse.encode_done()
+
+    async def aclose(self) -> None:
+        close = getattr(self._wrapper, "aclose", None)
+        if close is not None:
+            try:
+                await close()
+            except Exception:  # closing a half-read litellm stream is best effort
+                pass

@@ -1,0 +1,108 @@
+"""Shape checks on request bodies, before any policy sees them.
+
+Only what Warden itself relies on is checked (policies walk messages and must not trip
+over a wrong type); everything else is the provider's to judge, so a field Warden does
+not know is forwarded, not refused. Messages name the offending parameter, as OpenAI's do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from proxy.errors import BadRequest
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+
+def _fail(message: str, param: str) -> BadRequest:
+    return BadRequest(message, param=param)
+
+
+def _int_field(body: dict[str, Any], name: str, minimum: int, maximum: int) -> None:
+    value = body.get(name)
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(f"'{name}' must be an integer, got {type(value).__name__}", name)
+    if not minimum <= value <= maximum:
+        raise _fail(f"'{name}' must be between {minimum} and {maximum}, got {value}", name)
+
+
+def _common(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise BadRequest(f"request body must be a JSON object, got {_json_type(body)}")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _fail("'model' is required and must be a non-empty string", "model")
+    return body
+
+
+def chat(body: Any) -> dict[str, Any]:
+    body = _common(body)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _fail("'messages' must be a non-empty array", "messages")
+    for i, m in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise _fail(f"'{where}' must be an object, got {_json_type(m)}", where)
+        role = m.get("role")
+        if role not in ROLES:
+            raise _fail(f"'{where}.role' must be one of {', '.join(sorted(ROLES))}",
+                        f"{where}.role")
+        content = m.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise _fail(f"'{where}.content' must be a string or an array of parts",
+                        f"{where}.content")
+        if isinstance(content, list):
+            for j, part in enumerate(content):
+                if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                    raise _fail(f"'{where}.content[{j}]' must be an object with a 'type'",
+                                f"{where}.content[{j}]")
+                if part["type"] == "text" and not isinstance(part.get("text"), str):
+                    raise _fail(f"'{where}.content[{j}].text' must be a string",
+                                f"{where}.content[{j}].text")
+        calls = m.get("tool_calls")
+        if calls is not None:
+            if not isinstance(calls, list):
+                raise _fail(f"'{where}.tool_calls' must be an array", f"{where}.tool_calls")
+            for j, call in enumerate(calls):
+                fn = call.get("function") if isinstance(call, dict) else None
+                if not isinstance(fn, dict) or not isinstance(fn.get("arguments", ""), str):
+                    raise _fail(f"'{where}.tool_calls[{j}].function.arguments' must be a "
+                                "string", f"{where}.tool_calls[{j}]")
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise _fail("'stream' must be a boolean", "stream")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise _fail("'stream_options' must be an object", "stream_options")
+    _int_field(body, "max_tokens", 1, 10_000_000)
+    _int_field(body, "max_completion_tokens", 1, 10_000_000)
+    _int_field(body, "n", 1, 128)
+    for name in ("tools", "functions"):
+        if body.get(name) is not None and not isinstance(body[name], list):
+            raise _fail(f"'{name}' must be an array", name)
+    return body
+
+
+def embeddings(body: Any) -> dict[str, Any]:
+    body = _common(body)
+    value = body.get("input")
+    ok = isinstance(value, str) or (
+        isinstance(value, list) and value and (
+            all(isinstance(v, str) for v in value)
+            or all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            or all(isinstance(v, list) and all(isinstance(t, int) for t in v) for v in value)
+        )
+    )
+    if not ok:
+        raise _fail("'input' must be a string, an array of strings, or token arrays", "input")
+    return body
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {dict: "object", list: "array", str: "string", bool: "boolean",
+            int: "number", float: "number"}.get(type(value), type(value).__name__)
