@@ -98,6 +98,11 @@ class Deployment(Frozen):
             return None
 
 
+# Policy sections. Imported here, below Frozen, because each policy module subclasses
+# Frozen; proxy/policies/__init__.py imports this module first, so either import order works.
+from proxy.policies.pii import PiiConfig  # noqa: E402
+
+
 class TenantConfig(Frozen):
     """The contents of one policy file. A section that is absent is a policy that is off."""
 

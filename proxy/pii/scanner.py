@@ -13,11 +13,13 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-
-from presidio_analyzer import AnalyzerEngine, EntityRecognizer
+from typing import TYPE_CHECKING
 
 from proxy.errors import ServiceUnavailable
 from proxy.pii.cache import ScanCache, Span, Spans
+
+if TYPE_CHECKING:  # Presidio loads when the engine is built, not when this is imported
+    from presidio_analyzer import AnalyzerEngine, EntityRecognizer
 
 
 @dataclass(frozen=True, eq=False)
