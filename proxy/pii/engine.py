@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import presidio_analyzer
 import spacy
 import tldextract
 import yaml
@@ -69,7 +70,7 @@ def _lower_lemma(doc: Doc) -> Doc:
     return doc
 
 
-class OfflineEmailRecognizer(EmailRecognizer):  # type: ignore[misc]
+class OfflineEmailRecognizer(EmailRecognizer):
     """EmailRecognizer whose domain check uses tldextract's bundled suffix snapshot."""
 
     # Built once per class: the snapshot parse costs ~50 ms.
@@ -79,7 +80,7 @@ class OfflineEmailRecognizer(EmailRecognizer):  # type: ignore[misc]
         return bool(self._extract(pattern_text).fqdn)
 
 
-class OfflineSpacyEngine(SpacyNlpEngine):  # type: ignore[misc]
+class OfflineSpacyEngine(SpacyNlpEngine):
     """SpacyNlpEngine that loads locally and never calls ``spacy.cli.download``."""
 
     def __init__(self, tier: Tier) -> None:
@@ -96,21 +97,16 @@ class OfflineSpacyEngine(SpacyNlpEngine):  # type: ignore[misc]
                     f"pii tier 'ner' needs the spaCy model package {NER_MODEL!r} "
                     "(install warden[ner]); Warden never downloads models at run time"
                 )
-            keep = {"ner"}
-            info = spacy.info(NER_MODEL)
-            names = info.get("pipeline", []) if isinstance(info, dict) else []
-            nlp = spacy.load(NER_MODEL, exclude=[p for p in names if p not in keep])
+            nlp = spacy.load(NER_MODEL, enable=["ner"])
         else:
             nlp = spacy.blank("en")
         nlp.add_pipe(_LEMMA_PIPE)
-        self.nlp = {"en": nlp}
+        self.nlp = {"en": nlp}  # type: ignore[assignment]
 
 
 def default_ner_configuration() -> NerModelConfiguration:
     """Presidio's shipped ``conf/default.yaml`` NER settings (labels to ignore, mapping)."""
-    spec = importlib.util.find_spec("presidio_analyzer")
-    assert spec is not None and spec.submodule_search_locations
-    conf = Path(next(iter(spec.submodule_search_locations))) / "conf" / "default.yaml"
+    conf = Path(presidio_analyzer.__file__).parent / "conf" / "default.yaml"
     section: dict[str, Any] = yaml.safe_load(conf.read_text())["ner_model_configuration"]
     section["low_score_entity_names"] = [n for n in section.get("low_score_entity_names") or []
                                          if n]

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from presidio_analyzer import LocalRecognizer, RecognizerResult
+from presidio_analyzer import AnalysisExplanation, LocalRecognizer, RecognizerResult
 
 # Entity types Warden adds (Presidio's own keep their names: EMAIL_ADDRESS, ...).
 SECRET_ENTITIES: tuple[str, ...] = (
@@ -130,12 +130,13 @@ ADDRESS_RULES: tuple[Rule, ...] = (
 )
 
 
-class RegexRecognizer(LocalRecognizer):  # type: ignore[misc]
+class RegexRecognizer(LocalRecognizer):
     """Runs a list of rules; one instance can serve several entity types."""
 
     def __init__(self, rules: Sequence[Rule], name: str, context: list[str] | None = None
                  ) -> None:
         self.rules = tuple(rules)
+        self._label = name
         entities = sorted({r.entity for r in self.rules})
         super().__init__(supported_entities=entities, name=name, supported_language="en",
                          context=context)
@@ -156,8 +157,12 @@ class RegexRecognizer(LocalRecognizer):  # type: ignore[misc]
                     continue
                 out.append(RecognizerResult(
                     entity_type=rule.entity, start=start, end=end, score=rule.score,
+                    # Presidio's context enhancer writes into the explanation.
+                    analysis_explanation=AnalysisExplanation(
+                        recognizer=self._label, original_score=rule.score,
+                        pattern=rule.pattern.pattern[:40]),
                     recognition_metadata={
-                        RecognizerResult.RECOGNIZER_NAME_KEY: self.name,
+                        RecognizerResult.RECOGNIZER_NAME_KEY: self._label,
                         RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id,
                     },
                 ))
