@@ -25,7 +25,8 @@ def body() -> dict[str, Any]:
              "function": {"name": "mail_ann", "arguments": '{"to": "ann", "n": 42, '
                                                             '"deep": [{"x": "ann"}], "ok": true}'}},
         ]},
-        {"role": "assistant", "content": "", "function_call": {"name": "f", "arguments": "{\"a\": \"ann\"}"}},
+        {"role": "assistant", "content": "",
+         "function_call": {"name": "f", "arguments": "{\"a\": \"ann\"}"}},
         {"role": "tool", "tool_call_id": "c1", "content": "result ann"},
         {"role": "function", "name": "f", "content": "fn ann"},
     ]}

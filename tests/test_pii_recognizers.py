@@ -11,6 +11,10 @@ from proxy.pii.engine import EngineSpec, build_analyzer
 from proxy.pii.recognizers import deny_list_recognizer, pattern_recognizer
 from proxy.policies.pii import CORE_ENTITIES
 
+JWT = ("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0."
+       "dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U")
+PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA7x\nq2w=\n-----END RSA PRIVATE KEY-----"
+
 # (text, exact value that must be found, entity type)
 LABELLED: list[tuple[str, str, str]] = [
     ("my key is sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z done",
@@ -24,18 +28,16 @@ LABELLED: list[tuple[str, str, str]] = [
      "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY", "SECRET"),
     ("token ghp_A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8 works",
      "ghp_A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8", "GITHUB_TOKEN"),
-    ("jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
-     "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
-     "JWT"),
-    ("key:\n-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA7x\nq2w=\n-----END RSA PRIVATE KEY-----\nend",
-     "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA7x\nq2w=\n-----END RSA PRIVATE KEY-----",
-     "PRIVATE_KEY"),
+    (f"jwt {JWT}", JWT, "JWT"),
+    (f"key:\n{PEM}\nend", PEM, "PRIVATE_KEY"),
     ("curl -H 'Authorization: Bearer a1B2c3D4e5F6g7H8i9J0k1L2' https://api",
      "a1B2c3D4e5F6g7H8i9J0k1L2", "BEARER_TOKEN"),
     ("DATABASE_URL=postgresql://app:Pa55w0rd!@db.internal:5432/prod now",
      "postgresql://app:Pa55w0rd!@db.internal:5432/prod", "CONNECTION_STRING"),
-    ("Server=tcp:x.database.windows.net;User ID=app;Password=Tr0ub4dor&3;", "Tr0ub4dor&3", "SECRET"),
-    ("ship it to 1600 Pennsylvania Avenue NW, Washington", "1600 Pennsylvania Avenue", "STREET_ADDRESS"),
+    ("Server=tcp:x.database.windows.net;User ID=app;Password=Tr0ub4dor&3;", "Tr0ub4dor&3",
+     "SECRET"),
+    ("ship it to 1600 Pennsylvania Avenue NW, Washington", "1600 Pennsylvania Avenue",
+     "STREET_ADDRESS"),
     ("lives at 24 Clarke Ave, Apt. 5", "24 Clarke Ave, Apt. 5", "STREET_ADDRESS"),
     ("Adresse: Friedhofstrasse 33, Wien", "Friedhofstrasse 33", "STREET_ADDRESS"),
     ("envoyer au 36 rue de Pologne", "36 rue de Pologne", "STREET_ADDRESS"),
