@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from bisect import bisect_right
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -26,7 +27,13 @@ import presidio_analyzer
 import spacy
 import tldextract
 import yaml
-from presidio_analyzer import AnalyzerEngine, EntityRecognizer, RecognizerRegistry
+from presidio_analyzer import (
+    AnalyzerEngine,
+    EntityRecognizer,
+    RecognizerRegistry,
+    RecognizerResult,
+)
+from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
 from presidio_analyzer.nlp_engine import NerModelConfiguration, SpacyNlpEngine
 from presidio_analyzer.predefined_recognizers import (
     CreditCardRecognizer,
@@ -51,7 +58,12 @@ from presidio_analyzer.predefined_recognizers import (
 from spacy.language import Language
 from spacy.tokens import Doc
 
-from proxy.pii.recognizers import address_recognizer, secrets_recognizer
+from proxy.pii.recognizers import (
+    CardRecognizer,
+    address_recognizer,
+    phone_recognizer,
+    secrets_recognizer,
+)
 
 log = logging.getLogger("warden.pii")
 
@@ -104,6 +116,54 @@ class OfflineSpacyEngine(SpacyNlpEngine):
         self.nlp = {"en": nlp}  # type: ignore[assignment]
 
 
+class FastContextEnhancer(LemmaContextAwareEnhancer):
+    """Presidio's lemma context enhancer, same rules, two costs removed.
+
+    Upstream finds the token of each result by walking the whole spaCy Doc, creating a
+    Token object per step: O(tokens x results), ~70 % of a 1 KB scan. Token start
+    offsets are sorted, so a binary search finds the same token. Upstream also deep-copies
+    every result first; ``analyze`` builds a fresh list per call that nobody else holds,
+    so the results are boosted in place.
+    """
+
+    def enhance_using_context(self, text: str, raw_results: list[RecognizerResult],
+                              nlp_artifacts: Any, recognizers: list[EntityRecognizer],
+                              context: list[str] | None = None) -> list[RecognizerResult]:
+        by_id = {r.id: r for r in recognizers}
+        extra = [w.lower() for w in context or ()]
+        if nlp_artifacts is None:
+            return raw_results
+        for result in raw_results:
+            meta = result.recognition_metadata or {}
+            recognizer = by_id.get(meta.get(RecognizerResult.RECOGNIZER_IDENTIFIER_KEY))
+            if (recognizer is None or not recognizer.context
+                    or meta.get(RecognizerResult.IS_SCORE_ENHANCED_BY_CONTEXT_KEY)):
+                continue
+            words = self._extract_surrounding_words(
+                nlp_artifacts=nlp_artifacts, word=text[result.start:result.end],
+                start=result.start) + extra
+            found = self._find_supportive_word_in_context(words, recognizer.context,
+                                                          self.context_matching_mode)
+            if found:
+                result.score = min(max(result.score + self.context_similarity_factor,
+                                       self.min_score_with_context_similarity), 1.0)
+                if result.analysis_explanation is not None:
+                    result.analysis_explanation.set_supportive_context_word(found)
+                    result.analysis_explanation.set_improved_score(result.score)
+        return raw_results
+
+    @staticmethod
+    def _find_index_of_match_token(word: str, start: int, tokens: Any,
+                                   tokens_indices: list[int]) -> int:
+        i = bisect_right(tokens_indices, start) - 1
+        # Same rule as upstream: the first token that starts at or still covers `start`.
+        if i < 0 or start >= tokens_indices[i] + len(tokens[i]):
+            i += 1
+        if i >= len(tokens_indices):
+            raise ValueError(f"no token at offset {start} for a match of length {len(word)}")
+        return i
+
+
 def default_ner_configuration() -> NerModelConfiguration:
     """Presidio's shipped ``conf/default.yaml`` NER settings (labels to ignore, mapping)."""
     conf = Path(presidio_analyzer.__file__).parent / "conf" / "default.yaml"
@@ -133,8 +193,8 @@ def _recognizers(spec: EngineSpec) -> list[EntityRecognizer]:
         UsItinRecognizer(), UsLicenseRecognizer(), UsPassportRecognizer(), UsSsnRecognizer(),
         # libphonenumber's matcher runs once per region over the whole text; it is the
         # most expensive recognizer on long texts, so only the configured regions run.
-        PhoneRecognizer(supported_regions=spec.phone_regions),
-        secrets_recognizer(), address_recognizer(),
+        PhoneRecognizer(supported_regions=spec.phone_regions), phone_recognizer(),
+        CardRecognizer(), secrets_recognizer(), address_recognizer(),
     ]
     if spec.tier == "ner":
         found.append(SpacyRecognizer(supported_entities=list(NER_ENTITIES)))
@@ -146,7 +206,16 @@ def build_analyzer(spec: EngineSpec) -> AnalyzerEngine:
     nlp_engine = OfflineSpacyEngine(spec.tier)
     nlp_engine.load()
     registry = RecognizerRegistry(recognizers=_recognizers(spec), supported_languages=["en"])
-    engine = AnalyzerEngine(registry=registry, nlp_engine=nlp_engine, supported_languages=["en"])
+    engine = AnalyzerEngine(registry=registry, nlp_engine=nlp_engine, supported_languages=["en"],
+                            # Two words after a match as well ("555 0100 (mobile)").
+                            context_aware_enhancer=FastContextEnhancer(
+                                context_prefix_count=5, context_suffix_count=2))
+    # Presidio drops stop words before it looks for context words, and spaCy lists
+    # "call", "number", "home" as stop words: "call me on 555 0100" would get no boost.
+    vocab = nlp_engine.get_nlp("en").vocab
+    for recognizer in registry.recognizers:
+        for word in recognizer.context or ():
+            vocab[word].is_stop = False
     # Warm up: the first call loads lazy recognizers and compiles their patterns.
     engine.analyze("warm up 555-0100 a@b.co", language="en")
     log.info("pii analyzer ready (tier=%s, phone regions=%s)", spec.tier, spec.phone_regions)

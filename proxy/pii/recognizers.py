@@ -74,7 +74,7 @@ SECRET_RULES: tuple[Rule, ...] = (
     # key = value assignments of things that are secret by name (.env files, ODBC
     # strings, YAML). The value only: the name tells the model what it was.
     _rule("SECRET",
-          r"(?i)(?<![\w-])(?:aws_secret_access_key|secret_access_key|client_secret|api[_-]?key"
+          r"(?i)(?<![A-Za-z0-9-])(?:[A-Za-z0-9]+_)*(?:aws_secret_access_key|secret_access_key|client_secret|api[_-]?key"
           r"|access[_-]?token|auth[_-]?token|secret[_-]?key|password|passwd|pwd)"
           r"[\"']?\s*[:=]\s*[\"']?(?P<v>[^\s\"',;<>]{6,})", 0.85, "v"),
 )
@@ -120,6 +120,15 @@ ADDRESS_RULES: tuple[Rule, ...] = (
     # capitalised and a house number must follow ("via the API" is not an address).
     _rule(ADDRESS_ENTITY,
           rf"\b(?i:{_PREFIX})[ \t]+{_NAME}[ \t]+{_NUM}\b(?:,?\s*(?i:{_UNIT}))*", 0.6),
+    # International "number, street, number" lines: 20789 Allika 46 / 0138 Brisas 6802.
+    # The street word is capitalised and the line ends after the house number.
+    _rule(ADDRESS_ENTITY,
+          r"(?<![\w.,])\d{2,6}[ \t]+[A-ZÀ-Þ][\w'.-]+(?:[ \t]+[\w'.-]+){0,3}[ \t]+\d{1,5}[a-zA-Z]?"
+          r"\.?(?=[ \t]*(?:\n|,|$))", 0.45),
+    # The last line of an address block: Country/City then a postcode, line end.
+    _rule(ADDRESS_ENTITY,
+          r"(?m)^[ \t]*[A-ZÀ-Þ][\w'.()-]*(?:[ \t]+[A-ZÀ-Þ(][\w'.()-]*){0,3},?[ \t]+\d{4,6}[ \t]*$",
+          0.4),
     # PO boxes and US military addresses.
     _rule(ADDRESS_ENTITY, r"(?i)\b(?:P\.?\s?O\.?\s?Box|Post Office Box)\s+\d{1,6}\b", 0.7),
     _rule(ADDRESS_ENTITY, r"\b(?:PSC|Unit|USNS|USNV|USS|USCGC)\s+\d{3,5},?\s+Box\s+\d{3,5}"
@@ -128,6 +137,44 @@ ADDRESS_RULES: tuple[Rule, ...] = (
     # "the test suite 2" is not an address.
     _rule(ADDRESS_ENTITY, r"\b(?:[Aa]pt\.?|[Aa]partment|Suite)\s+\d{1,5}\b", 0.5),
 )
+
+
+# Phone numbers libphonenumber rejects (fictional ranges, foreign national formats
+# without a country code) but a human reads as phone numbers. Shapes that are phone-like
+# on their own score 0.5; a bare run of digit groups scores 0.3 and only passes the
+# default 0.4 threshold next to a context word ("call", "phone", "mobile", ...).
+_EXT = r"(?:\s?(?:x|ext\.?)\s?\d{1,5})?"
+PHONE_RULES: tuple[Rule, ...] = (
+    _rule("PHONE_NUMBER", r"(?<![\w+])\+\d{1,3}(?:[ .-]?\(\d{1,4}\))?(?:[ .-]?\d{2,5}){2,5}"
+          rf"{_EXT}(?![\w-])", 0.5),
+    _rule("PHONE_NUMBER", r"(?<![\w(])\(\d{1,5}\)[ .-]?\d{3,4}(?:[ .-]?\d{2,4}){1,2}"
+          rf"{_EXT}(?![\w-])", 0.5),
+    _rule("PHONE_NUMBER", rf"(?<![\w.-])\d{{3}}([.-])\d{{3}}\1\d{{4}}{_EXT}(?![\w-])", 0.5),
+    _rule("PHONE_NUMBER", r"(?<![\w.:-])\d{2}([ .-])\d{2}\1\d{2}\1\d{2}\1\d{2}(?![\w.:-])", 0.5),
+)
+# Presidio matches context words as substrings of nearby lemmas: no short words ("tel"
+# would fire on "hotel", "text" on "context").
+PHONE_CONTEXT = ["phone", "telephone", "cell", "mobile", "call", "number", "fax", "office",
+                 "dial", "sms", "whatsapp", "contact", "message", "answering", "landline"]
+# A run of 2-8 digit groups with single separators; 7-15 digits in all (E.164's range).
+_DIGIT_RUN = re.compile(r"(?<![\w.:/+-])\d{2,8}(?:[ .-]\d{1,8}){0,4}(?![\w:/-]|\.\d)")
+_DATE_LIKE = re.compile(r"^(?:\d{4}[./-]\d{1,2}[./-]\d{1,2}|\d{1,2}[./-]\d{1,2}[./-]\d{2,4}"
+                        r"|(?:19|20)\d\d ?[-\u2013] ?(?:19|20)\d\d)$")  # dates, year ranges
+
+# Issuer prefixes Presidio's card regex misses: Mastercard 2-series, 19-digit Visa,
+# Maestro (12-19 digits), JCB 15-digit (2131/1800), UnionPay. Luhn-checked.
+_CARD = re.compile(r"(?<![\w+-])(?:\d[ -]?){11,18}\d(?![\w-])")
+_CARD_PREFIX = re.compile(r"^(?:4|5[0-8]|2[2-7]|3[0-9]|6|2131|1800)")
+
+
+def luhn(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
 
 
 class RegexRecognizer(LocalRecognizer):
@@ -167,6 +214,59 @@ class RegexRecognizer(LocalRecognizer):
                     },
                 ))
         return out
+
+
+class CardRecognizer(LocalRecognizer):
+    """12-19 digit numbers with a card issuer prefix that pass the Luhn check."""
+
+    def __init__(self) -> None:
+        super().__init__(supported_entities=["CREDIT_CARD"], name="WardenCard",
+                         supported_language="en")
+
+    def load(self) -> None:
+        """Nothing to load."""
+
+    def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None
+                ) -> list[RecognizerResult]:
+        out: list[RecognizerResult] = []
+        for m in _CARD.finditer(text):
+            digits = re.sub(r"[ -]", "", m[0])
+            if 12 <= len(digits) <= 19 and _CARD_PREFIX.match(digits) and luhn(digits):
+                out.append(RecognizerResult(
+                    entity_type="CREDIT_CARD", start=m.start(), end=m.end(), score=0.9,
+                    analysis_explanation=AnalysisExplanation(
+                        recognizer="WardenCard", original_score=0.9,
+                        textual_explanation="issuer prefix and Luhn checksum"),
+                    recognition_metadata={RecognizerResult.RECOGNIZER_NAME_KEY: "WardenCard",
+                                          RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id}))
+        return out
+
+
+class PhoneShapeRecognizer(RegexRecognizer):
+    """Phone-shaped text: the strong shapes of ``PHONE_RULES`` plus weak digit runs."""
+
+    def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None
+                ) -> list[RecognizerResult]:
+        out = super().analyze(text, entities, nlp_artifacts)
+        for m in _DIGIT_RUN.finditer(text):
+            run = m[0]
+            digits = sum(c.isdigit() for c in run)
+            if not 7 <= digits <= 15 or _DATE_LIKE.match(run):
+                continue
+            if run.count(".") == 1 and not re.search(r"[ -]", run):
+                continue  # a decimal number
+            out.append(RecognizerResult(
+                entity_type="PHONE_NUMBER", start=m.start(), end=m.end(), score=0.3,
+                analysis_explanation=AnalysisExplanation(
+                    recognizer=self._label, original_score=0.3,
+                    textual_explanation="digit groups; needs a context word"),
+                recognition_metadata={RecognizerResult.RECOGNIZER_NAME_KEY: self._label,
+                                      RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id}))
+        return out
+
+
+def phone_recognizer() -> PhoneShapeRecognizer:
+    return PhoneShapeRecognizer(PHONE_RULES, name="WardenPhone", context=PHONE_CONTEXT)
 
 
 def secrets_recognizer() -> RegexRecognizer:

@@ -38,8 +38,9 @@ class Scanner:
         if not text.strip():
             return ()
         results = self.engine.analyze(
-            text, language="en", entities=list(self.entities), score_threshold=self.threshold,
-            ad_hoc_recognizers=list(self.extra) or None, allow_list=list(self.allow) or None,
+            unescape_whitespace(text), language="en", entities=list(self.entities),
+            score_threshold=self.threshold, ad_hoc_recognizers=list(self.extra) or None,
+            allow_list=list(self.allow) or None,
         )
         return merge_overlaps(Span(r.start, r.end, r.entity_type, r.score) for r in results)
 
@@ -84,6 +85,17 @@ class Scanner:
                 for i in missing[key]:
                     found[i] = spans
         return [s if s is not None else () for s in found]
+
+
+def unescape_whitespace(text: str) -> str:
+    """Text as the recognizers should see it, with the same length (so spans apply to
+    the original): JSON-escaped ``\\n``, ``\\t``, ``\\r`` (tool results that carry
+    serialised JSON, logs) become two spaces, so "\\n555 0100" still starts a word."""
+    if "\\" not in text:
+        return text
+    for seq in ("\\n", "\\t", "\\r"):
+        text = text.replace(seq, "  ")
+    return text
 
 
 def merge_overlaps(spans: Iterable[Span]) -> Spans:
