@@ -30,9 +30,9 @@ chunk with restoration active.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import asyncio
 import datetime as dt
+import importlib.metadata
 import json
 import os
 import platform
