@@ -96,8 +96,10 @@ async def test_analysis_runs_off_the_event_loop_thread(pool: Any) -> None:
     assert threads and threads[0] != threading.current_thread().name
 
 
-def test_merge_overlaps_takes_the_union_typed_by_the_stronger() -> None:
-    spans = [Span(10, 20, "URL", 0.5), Span(5, 15, "EMAIL_ADDRESS", 1.0),
-             Span(30, 35, "PHONE_NUMBER", 0.4), Span(31, 33, "US_SSN", 0.3)]
+def test_merge_overlaps_takes_the_union_typed_by_the_longer() -> None:
+    spans = [Span(10, 16, "URL", 0.5), Span(5, 20, "EMAIL_ADDRESS", 1.0),
+             Span(30, 35, "STREET_ADDRESS", 0.45), Span(31, 33, "LOCATION", 0.85),
+             Span(40, 45, "PHONE_NUMBER", 0.4), Span(43, 48, "US_SSN", 0.5)]
     assert merge_overlaps(spans) == (Span(5, 20, "EMAIL_ADDRESS", 1.0),
-                                     Span(30, 35, "PHONE_NUMBER", 0.4))
+                                     Span(30, 35, "STREET_ADDRESS", 0.45),
+                                     Span(40, 48, "US_SSN", 0.5))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import re
 from bisect import bisect_right
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,13 +93,63 @@ class OfflineEmailRecognizer(EmailRecognizer):
         return bool(self._extract(pattern_text).fqdn)
 
 
+_NAME_WORD = r"[A-ZÀ-ÞĀ-ſ][a-zß-ÿĀ-ſ'’-]+\.?|[A-Z]\."
+_PERSON_SHAPE = re.compile(rf"^(?:{_NAME_WORD})(?:[ \t]+(?:{_NAME_WORD})){{1,3}}$")
+_PROPER_SHAPE = re.compile(r"^[A-ZÀ-ÞĀ-ſ][\w'’.-]*(?:[ \t-]+[\w'’.-]+)*$")
+_ORG_WORDS = frozenset(
+    "inc inc. corp corp. corporation ltd ltd. llc plc co co. company group bank holdings "
+    "partners capital fund trust university institute association foundation services "
+    "solutions systems technologies international global press airlines hospital "
+    "school college club council ministry department agency".split())
+
+
+class NerRecognizer(SpacyRecognizer):
+    """SpacyRecognizer with the shape checks a small model needs.
+
+    en_core_web_sm often labels a personal name ORG ("Tomomi Nishiyama", "Miklós Hajdu")
+    and, in technical text, calls identifiers people or places ("API", "isinstance(obj").
+    So: PERSON/LOCATION must look like proper names (capitalised words, no code
+    characters, not an all-caps acronym); an ORG that is two to four capitalised words
+    without an organisation word becomes a PERSON at a lower score. Every other ORG is
+    dropped, as Presidio's default configuration does ("IBAN" is not a person).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(supported_entities=list(NER_ENTITIES))
+
+    def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None
+                ) -> list[RecognizerResult]:
+        out: list[RecognizerResult] = []
+        if nlp_artifacts is None:
+            return out
+        for ent, score in zip(nlp_artifacts.entities, nlp_artifacts.scores, strict=True):
+            label, value = ent.label_, ent.text.strip()
+            start = ent.start_char + (len(ent.text) - len(ent.text.lstrip()))
+            if label == "ORGANIZATION":
+                words = value.lower().split()
+                if not _PERSON_SHAPE.match(value) or _ORG_WORDS.intersection(words):
+                    continue
+                label, score = "PERSON", 0.6
+            elif label in ("PERSON", "LOCATION", "NRP"):
+                if not _PROPER_SHAPE.match(value) or value.isupper():
+                    continue
+            if label not in entities:
+                continue
+            out.append(RecognizerResult(
+                entity_type=label, start=start, end=start + len(value), score=score,
+                analysis_explanation=self.build_explanation(score, f"spaCy {ent.label_}"),
+                recognition_metadata={RecognizerResult.RECOGNIZER_NAME_KEY: self.name,
+                                      RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id}))
+        return out
+
+
 class OfflineSpacyEngine(SpacyNlpEngine):
     """SpacyNlpEngine that loads locally and never calls ``spacy.cli.download``."""
 
     def __init__(self, tier: Tier) -> None:
         super().__init__(
             models=[{"lang_code": "en", "model_name": NER_MODEL if tier == "ner" else "blank"}],
-            ner_model_configuration=default_ner_configuration(),
+            ner_model_configuration=default_ner_configuration(keep_organizations=True),
         )
         self.tier = tier
 
@@ -164,10 +215,16 @@ class FastContextEnhancer(LemmaContextAwareEnhancer):
         return i
 
 
-def default_ner_configuration() -> NerModelConfiguration:
-    """Presidio's shipped ``conf/default.yaml`` NER settings (labels to ignore, mapping)."""
+def default_ner_configuration(keep_organizations: bool = False) -> NerModelConfiguration:
+    """Presidio's shipped ``conf/default.yaml`` NER settings (labels to ignore, mapping).
+
+    ``keep_organizations`` lets ORG spans through to ``NerRecognizer``, which keeps only
+    the ones shaped like personal names (as PERSON) and drops the rest."""
     conf = Path(presidio_analyzer.__file__).parent / "conf" / "default.yaml"
     section: dict[str, Any] = yaml.safe_load(conf.read_text())["ner_model_configuration"]
+    if keep_organizations:
+        section["labels_to_ignore"] = [x for x in section["labels_to_ignore"]
+                                       if x != "ORGANIZATION"]
     section["low_score_entity_names"] = [n for n in section.get("low_score_entity_names") or []
                                          if n]
     return NerModelConfiguration(**section)
@@ -197,7 +254,7 @@ def _recognizers(spec: EngineSpec) -> list[EntityRecognizer]:
         CardRecognizer(), secrets_recognizer(), address_recognizer(),
     ]
     if spec.tier == "ner":
-        found.append(SpacyRecognizer(supported_entities=list(NER_ENTITIES)))
+        found.append(NerRecognizer())
     return found
 
 

@@ -100,13 +100,15 @@ def unescape_whitespace(text: str) -> str:
 
 def merge_overlaps(spans: Iterable[Span]) -> Spans:
     """Non-overlapping spans, left to right. Overlaps merge into their union, typed by
-    the higher score (then the longer span): redacting the union leaks nothing of either."""
+    the longer span (then the higher score): redacting the union leaks nothing of either,
+    and the longer finding is the more specific one ("12 Harrison Street" over the
+    LOCATION "Harrison" inside it, an e-mail address over the URL of its domain)."""
     ordered = sorted(spans, key=lambda s: (s.start, -s.end))
     out: list[Span] = []
     for s in ordered:
         if out and s.start < out[-1].end:
             last = out[-1]
-            winner = max(last, s, key=lambda x: (x.score, x.end - x.start))
+            winner = max(last, s, key=lambda x: (x.end - x.start, x.score))
             out[-1] = Span(last.start, max(last.end, s.end), winner.entity, winner.score)
         else:
             out.append(s)
