@@ -12,8 +12,9 @@ them without Warden forwarding anything special::
 
 Keys: status, retry_after, retry_after_ms, hang, reset_after (chunks), garbage,
 truncate, latency_ms, first_byte_ms, chunks, chunk_delay_ms, fail_rate, no_usage,
-error_after (send an error event after N chunks). ``POST /_mock/faults`` sets a spec
-for every request (``{}`` clears); ``GET /_mock/requests`` lists request bodies
+error_after (send an error event after N chunks), raw (reply with the text alone, no
+"Echo: ": a JSON document sent is a JSON document answered). ``POST /_mock/faults``
+sets a spec for every request (``{}`` clears); ``GET /_mock/requests`` lists request bodies
 received (``DELETE`` clears), which is how tests prove what reached "the provider".
 """
 
@@ -24,7 +25,6 @@ import hashlib
 import json
 import random
 import re
-import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +32,7 @@ from typing import Any
 from aiohttp import web
 
 MAX_LOG = 2000
+CREATED = 1_700_000_000
 _CALL = re.compile(r"\[\[call:([A-Za-z0-9_\-]+)\s*(\{.*?\})?\]\]", re.S)
 
 
@@ -51,6 +52,7 @@ class Spec:
     fail_rate: float = 0.0
     no_usage: bool = False
     error_after: int | None = None
+    raw: bool = False
 
     @classmethod
     def parse(cls, text: str, base: Spec) -> Spec:
@@ -102,9 +104,17 @@ class Mock:
         self.base = base
         self.default = base
         self.requests: deque[dict[str, Any]] = deque(maxlen=MAX_LOG)
+        # Credentials as received, so tests can prove which key reached "the provider".
+        self.credentials: deque[str] = deque(maxlen=MAX_LOG)
         self.in_flight = 0
         self.max_in_flight = 0
         self.counter = 0
+
+    def log(self, request: web.Request, body: dict[str, Any]) -> None:
+        self.requests.append(body)
+        self.credentials.append(request.headers.get("Authorization")
+                                or request.headers.get("x-api-key")
+                                or request.headers.get("api-key") or "")
 
     def spec_for(self, request: web.Request) -> Spec:
         return Spec.parse(request.match_info.get("spec", ""), self.default)
@@ -145,7 +155,7 @@ class Mock:
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
-        self.requests.append(body)
+        self.log(request, body)
         spec = self.spec_for(request)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -154,11 +164,16 @@ class Mock:
             if early is not None:
                 return early
             content, calls = self.reply_for(body)
+            if spec.raw:
+                content = content.removeprefix("Echo: ")
             usage = {"prompt_tokens": tokens(prompt_text(body["messages"])),
                      "completion_tokens": tokens(content) if content else 8}
             usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
             model = body.get("model", "mock")
-            cid = f"chatcmpl-{hashlib.sha1(json.dumps(body).encode()).hexdigest()[:12]}"
+            # Ids and timestamps depend only on the conversation, so two runs of the same
+            # conversation (direct and through Warden) can be compared byte for byte.
+            digest = hashlib.sha1(json.dumps(body["messages"]).encode()).hexdigest()
+            cid = f"chatcmpl-{digest[:12]}"
             if body.get("stream"):
                 return await self.stream_chat(request, spec, body, cid, model, content,
                                               calls, usage)
@@ -167,7 +182,7 @@ class Mock:
             if calls:
                 message["tool_calls"] = calls
             reply: dict[str, Any] = {
-                "id": cid, "object": "chat.completion", "created": int(time.time()),
+                "id": cid, "object": "chat.completion", "created": CREATED,
                 "model": model, "system_fingerprint": "fp_mock",
                 "choices": [{"index": 0, "message": message, "logprobs": None,
                              "finish_reason": "tool_calls" if calls else "stop"}],
@@ -186,7 +201,7 @@ class Mock:
         content: str, calls: list[dict[str, Any]], usage: dict[str, int],
     ) -> web.StreamResponse:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        created = int(time.time())
+        created = CREATED
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
             c: dict[str, Any] = {"id": cid, "object": "chat.completion.chunk",
@@ -240,7 +255,7 @@ class Mock:
 
     async def embeddings(self, request: web.Request) -> web.Response:
         body = await request.json()
-        self.requests.append(body)
+        self.log(request, body)
         spec = self.spec_for(request)
         early = await self.before(spec)
         if early is not None:
@@ -258,7 +273,7 @@ class Mock:
     async def messages(self, request: web.Request) -> web.StreamResponse:
         """Anthropic's Messages API, enough for litellm's translation round trip."""
         body = await request.json()
-        self.requests.append(body)
+        self.log(request, body)
         spec = self.spec_for(request)
         early = await self.before(spec)
         if early is not None:
@@ -301,8 +316,12 @@ class Mock:
     async def get_requests(self, request: web.Request) -> web.Response:
         return web.json_response(list(self.requests))
 
+    async def get_credentials(self, request: web.Request) -> web.Response:
+        return web.json_response(list(self.credentials))
+
     async def clear_requests(self, request: web.Request) -> web.Response:
         self.requests.clear()
+        self.credentials.clear()
         self.max_in_flight = self.in_flight
         return web.json_response({"cleared": True})
 
@@ -343,6 +362,7 @@ def create_mock_app(base: Spec | None = None) -> web.Application:
         app.router.add_post(f"{prefix}/openai/deployments/{{dep}}/chat/completions", mock.chat)
     app.router.add_get("/_mock/requests", mock.get_requests)
     app.router.add_delete("/_mock/requests", mock.clear_requests)
+    app.router.add_get("/_mock/credentials", mock.get_credentials)
     app.router.add_post("/_mock/faults", mock.set_faults)
     app.router.add_get("/_mock/stats", mock.stats)
     return app

@@ -8,6 +8,7 @@ would have sent it. Chunks no policy needs are relayed as the exact upstream byt
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from typing import Any
@@ -115,9 +116,17 @@ async def relay_stream(
     error event and a clean close. A client that hangs up closes the upstream stream.
     """
     relay = StreamRelay(ctx, chain)
-    first = relay.event(stream.first)
-    response.headers.update(ctx.response_headers)
-    await response.prepare(request)
+    try:
+        first = relay.event(stream.first)
+        response.headers.update(ctx.response_headers)
+        await response.prepare(request)
+    except UpstreamError as e:
+        await stream.aclose()
+        raise UpstreamFailed(f"provider stream is unreadable: {e}") from None
+    except BaseException:
+        # Nothing was sent yet: the route turns this into an ordinary error reply.
+        await stream.aclose()
+        raise
     ctx.status = 200
     try:
         if first:
@@ -167,7 +176,5 @@ async def _after_first(stream: PrefetchedStream, relay: StreamRelay) -> Any:
 
 
 async def _write_quietly(response: web.StreamResponse, data: bytes) -> None:
-    try:
+    with contextlib.suppress(ConnectionError):  # the client may be gone already
         await response.write(data)
-    except (ConnectionResetError, ConnectionError):
-        pass

@@ -17,8 +17,8 @@ from typing import Any
 from aiohttp import web
 
 from proxy import jsonbody, validate
-from proxy.appkeys import POLICIES, SERVICES, UPSTREAM
-from proxy.context import Operation, RequestContext
+from proxy.appkeys import POLICIES, SERVICES, SETTINGS, UPSTREAM
+from proxy.context import Operation, RequestContext, Usage
 from proxy.errors import (
     BadRequest,
     ModelNotFound,
@@ -27,7 +27,7 @@ from proxy.errors import (
     UpstreamFailed,
     WardenError,
 )
-from proxy.pipeline import Chain
+from proxy.pipeline import Chain, RetryUpstream
 from proxy.policies.auth import authenticate
 from proxy.relay import force_stream_usage, relay_stream, usage_of
 from proxy.upstream.base import UpstreamError, UpstreamReply
@@ -62,10 +62,9 @@ async def read_json(request: web.Request) -> Any:
         raise UnsupportedMediaType(f"Content-Type must be application/json, got {ctype!r}")
     try:
         raw = await request.read()
-    except web.HTTPRequestEntityTooLarge as e:
-        raise PayloadTooLarge(
-            f"request body exceeds the limit of {e.max_size} bytes"
-        ) from None
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[SETTINGS].max_body_bytes
+        raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes") from None
     if not raw:
         raise BadRequest("request body is empty; expected a JSON object")
     return jsonbody.loads(raw)
@@ -115,7 +114,19 @@ async def _proxied(request: web.Request, ctx: RequestContext, chain: Chain) -> w
         force_stream_usage(ctx)
     result = await app[UPSTREAM].call(ctx, ctx.body)
     if isinstance(result, UpstreamReply):
-        return await _reply(ctx, chain, result)
+        try:
+            return await _reply(ctx, chain, result)
+        except RetryUpstream:
+            # A response hook rejected the reply (an output contract): one more call
+            # with the same body; both calls' tokens count.
+            spent = ctx.usage
+        again = await app[UPSTREAM].call(ctx, ctx.body)
+        if not isinstance(again, UpstreamReply):
+            raise UpstreamFailed("provider streamed a reply to a plain request")
+        try:
+            return await _reply(ctx, chain, again, spent)
+        except RetryUpstream:  # a policy must refuse the second time; never loop
+            raise UpstreamFailed("the provider's reply was rejected twice") from None
     response = web.StreamResponse(status=200, headers=_head(ctx, "text/event-stream"))
     response.headers["Cache-Control"] = "no-cache"
     await relay_stream(request, response, ctx, chain, result)
@@ -131,7 +142,9 @@ def _head(ctx: RequestContext, content_type: str) -> dict[str, str]:
     return headers
 
 
-async def _reply(ctx: RequestContext, chain: Chain, reply: UpstreamReply) -> web.Response:
+async def _reply(
+    ctx: RequestContext, chain: Chain, reply: UpstreamReply, spent: Usage | None = None
+) -> web.Response:
     try:
         payload = reply.json()
     except UpstreamError as e:
@@ -147,6 +160,10 @@ async def _reply(ctx: RequestContext, chain: Chain, reply: UpstreamReply) -> web
         return web.Response(body=reply.body, status=reply.status,
                             headers={**reply.headers, **_head(ctx, "application/json")})
     ctx.usage = usage_of(payload)
+    if spent is not None:  # an earlier attempt of this request, rejected by a policy
+        ctx.usage = Usage(spent.prompt_tokens + (ctx.usage.prompt_tokens if ctx.usage else 0),
+                          spent.completion_tokens
+                          + (ctx.usage.completion_tokens if ctx.usage else 0))
     model = payload.get("model")
     ctx.response_model = model if isinstance(model, str) else None
     body = reply.body

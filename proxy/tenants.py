@@ -100,7 +100,9 @@ class Deployment(Frozen):
 
 # Policy sections. Imported here, below Frozen, because each policy module subclasses
 # Frozen; proxy/policies/__init__.py imports this module first, so either import order works.
+from proxy.policies.output import OutputConfig  # noqa: E402
 from proxy.policies.pii import PiiConfig  # noqa: E402
+from proxy.policies.scope import ScopeConfig  # noqa: E402
 
 
 class TenantConfig(Frozen):
@@ -110,6 +112,8 @@ class TenantConfig(Frozen):
     keys: list[str] = Field(min_length=1, description="Virtual keys: plain or sha256:<hex>.")
     models: dict[str, list[Deployment]] = Field(min_length=1)
     log_prompts: bool = Field(False, description="Opt in to prompt/completion text in logs.")
+    scope: ScopeConfig | None = None
+    output: OutputConfig | None = None
     pii: PiiConfig | None = None
 
     @field_validator("keys")
