@@ -92,3 +92,10 @@ def test_phone_recognizer_runs_only_the_configured_regions(offline_default: Any)
     phone = next(r for r in offline_default.registry.recognizers
                  if r.name == "PhoneRecognizer")
     assert tuple(phone.supported_regions) == ("US",)
+
+
+def test_ner_names_labelled_org_become_people_and_code_is_not_a_person(ner: Any) -> None:
+    text = "Maybe it's under Miklós Hajdu. Check the IBAN field and call the API."
+    hits = {text[r.start:r.end]: r.entity_type for r in ner.analyze(text, language="en")}
+    assert hits.get("Miklós Hajdu") == "PERSON"
+    assert "IBAN" not in hits and "API" not in hits

@@ -49,13 +49,40 @@ LABELLED: list[tuple[str, str, str]] = [
     ("ssn 536-90-4399", "536-90-4399", "US_SSN"),
     ("IBAN DE89 3704 0044 0532 0130 00 please", "DE89 3704 0044 0532 0130 00", "IBAN_CODE"),
     ("server 192.168.10.24 is down", "192.168.10.24", "IP_ADDRESS"),
+    # Shapes libphonenumber rejects, with and without a context word.
+    ("Can someone call me on 76 177 296? Thanks", "76 177 296", "PHONE_NUMBER"),
+    ("office: 0380 7558505", "0380 7558505", "PHONE_NUMBER"),
+    ("fax +41 (0)68 795 65 44", "+41 (0)68 795 65 44", "PHONE_NUMBER"),
+    ("reach me at 650-752-7354x549", "650-752-7354x549", "PHONE_NUMBER"),
+    ("tel. 03.93.92.16.85", "03.93.92.16.85", "PHONE_NUMBER"),
+    # Issuers Presidio's card pattern misses (Luhn-valid, see with_check_digit).
+    ("mc 2-series PAN", "", "CREDIT_CARD"),
+    ("19-digit visa", "", "CREDIT_CARD"),
+    ("maestro", "", "CREDIT_CARD"),
 ]
+
+
+def with_check_digit(body: str) -> str:
+    """Independent Luhn: append the digit that makes the number valid."""
+    digits = [int(c) for c in body][::-1]
+    total = sum(d if i % 2 else (d * 2 - 9 if d > 4 else d * 2) for i, d in enumerate(digits))
+    return body + str((10 - total % 10) % 10)
+
+
+CARDS = {"mc 2-series PAN": with_check_digit("222300312200322"),
+         "19-digit visa": with_check_digit("453201511283036123"),
+         "maestro": with_check_digit("67596498264384")}
+for i, (label, _, entity) in enumerate(LABELLED):
+    if label in CARDS:
+        LABELLED[i] = (f"pay with {CARDS[label]} today", CARDS[label], entity)
 
 CLEAN = [
     "We met via the API 25 times in Spring 2026 and the test suite 2 failed.",
     "The function sk_learn_model returns 3 results; see section 4.2.1 of the docs.",
     "Our token budget is 4096 tokens and the password policy needs 12 characters.",
     "Use `Bearer` authentication as documented; Street View is a Google product.",
+    "Version 3.11.7 shipped in 2003-2010 builds; pi is 3.14159 and the port is 8080.",
+    "Order 12345678 was invoiced on 2024-01-05 for 1 299.00 EUR.",
 ]
 
 

@@ -103,3 +103,13 @@ def test_merge_overlaps_takes_the_union_typed_by_the_longer() -> None:
     assert merge_overlaps(spans) == (Span(5, 20, "EMAIL_ADDRESS", 1.0),
                                      Span(30, 35, "STREET_ADDRESS", 0.45),
                                      Span(40, 48, "US_SSN", 0.5))
+
+
+def test_escaped_whitespace_is_read_as_whitespace_keeping_offsets() -> None:
+    from proxy.pii.scanner import unescape_whitespace
+
+    raw = 'log: "a\\n555 0100\\tb"'
+    seen = unescape_whitespace(raw)
+    assert len(seen) == len(raw)
+    assert seen == 'log: "a  555 0100  b"'
+    assert unescape_whitespace("C:\\\\dir") == "C:\\\\dir"  # only \\n, \\t, \\r

@@ -95,14 +95,20 @@ class OfflineEmailRecognizer(EmailRecognizer):
         return bool(self._extract(pattern_text).fqdn)
 
 
-_NAME_WORD = r"[A-ZÀ-ÞĀ-ſ][a-zß-ÿĀ-ſ'’-]+\.?|[A-Z]\."
+# Letters of Latin-script names: A-Z, Latin-1 and Latin Extended-A (Á, Ł, Ő, ...).
+_UPPER = "A-Z\u00c0-\u00de\u0100-\u017f"
+_LOWER = "a-z\u00df-\u00ff\u0100-\u017f"
+_APOS = "'\u2019"
+_NAME_WORD = rf"[{_UPPER}][{_LOWER}{_APOS}-]+\.?|[A-Z]\."
 _PERSON_SHAPE = re.compile(rf"^(?:{_NAME_WORD})(?:[ \t]+(?:{_NAME_WORD})){{1,3}}$")
-_PROPER_SHAPE = re.compile(r"^[A-ZÀ-ÞĀ-ſ][\w'’.-]*(?:[ \t-]+[\w'’.-]+)*$")
-_ORG_WORDS = frozenset(
-    "inc inc. corp corp. corporation ltd ltd. llc plc co co. company group bank holdings "
-    "partners capital fund trust university institute association foundation services "
-    "solutions systems technologies international global press airlines hospital "
-    "school college club council ministry department agency".split())
+_PROPER_SHAPE = re.compile(rf"^[{_UPPER}][\w{_APOS}.-]*(?:[ \t-]+[\w{_APOS}.-]+)*$")
+_ORG_WORDS = frozenset((
+    "inc", "inc.", "corp", "corp.", "corporation", "ltd", "ltd.", "llc", "plc", "co", "co.",
+    "company", "group", "bank", "holdings", "partners", "capital", "fund", "trust",
+    "university", "institute", "association", "foundation", "services", "solutions",
+    "systems", "technologies", "international", "global", "press", "airlines", "hospital",
+    "school", "college", "club", "council", "ministry", "department", "agency",
+))
 
 
 class NerRecognizer(SpacyRecognizer):
@@ -132,15 +138,15 @@ class NerRecognizer(SpacyRecognizer):
                 if not _PERSON_SHAPE.match(value) or _ORG_WORDS.intersection(words):
                     continue
                 label, score = "PERSON", 0.6
-            elif label in ("PERSON", "LOCATION", "NRP"):
-                if not _PROPER_SHAPE.match(value) or value.isupper():
-                    continue
+            elif label in ("PERSON", "LOCATION", "NRP") and (
+                    not _PROPER_SHAPE.match(value) or value.isupper()):
+                continue
             if label not in entities:
                 continue
             out.append(RecognizerResult(
                 entity_type=label, start=start, end=start + len(value), score=score,
                 analysis_explanation=self.build_explanation(score, f"spaCy {ent.label_}"),
-                recognition_metadata={RecognizerResult.RECOGNIZER_NAME_KEY: self.name,
+                recognition_metadata={RecognizerResult.RECOGNIZER_NAME_KEY: "NerRecognizer",
                                       RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id}))
         return out
 
