@@ -12,7 +12,6 @@ from proxy.pii.engine import (
     EngineSpec,
     OfflineEmailRecognizer,
     build_analyzer,
-    default_ner_configuration,
     supported_entities,
 )
 
@@ -37,11 +36,6 @@ def offline_default() -> Any:
     finally:
         socket.socket.connect = real  # type: ignore[method-assign]
     return e
-
-
-@pytest.fixture(scope="module")
-def ner() -> Any:
-    return build_analyzer(EngineSpec("ner", ("US",)))
 
 
 def test_default_engine_is_blank_tokenizer_with_lowercase_lemmas(offline_default: Any) -> None:
@@ -70,17 +64,6 @@ def test_default_tier_has_no_ner_entities(offline_default: Any) -> None:
     assert "PERSON" not in entities
 
 
-def test_ner_tier_finds_people_and_places_but_not_organisations(ner: Any) -> None:
-    nlp = ner.nlp_engine.nlp["en"]
-    assert nlp.pipe_names == ["ner", "warden_lower_lemma"]
-    text = "Maria Gonzalez flew to Madrid to update the IBAN of her account."
-    hits = {text[r.start:r.end]: r.entity_type for r in ner.analyze(text, language="en")}
-    assert hits.get("Maria Gonzalez") == "PERSON"
-    assert hits.get("Madrid") == "LOCATION"
-    assert "ORGANIZATION" not in hits.values()
-    assert "ORGANIZATION" in default_ner_configuration().labels_to_ignore
-
-
 def test_ner_tier_without_the_model_package_says_what_to_install(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(engine_mod.importlib.util, "find_spec", lambda name: None)
@@ -92,10 +75,3 @@ def test_phone_recognizer_runs_only_the_configured_regions(offline_default: Any)
     phone = next(r for r in offline_default.registry.recognizers
                  if r.name == "PhoneRecognizer")
     assert tuple(phone.supported_regions) == ("US",)
-
-
-def test_ner_names_labelled_org_become_people_and_code_is_not_a_person(ner: Any) -> None:
-    text = "Maybe it's under Miklós Hajdu. Check the IBAN field and call the API."
-    hits = {text[r.start:r.end]: r.entity_type for r in ner.analyze(text, language="en")}
-    assert hits.get("Miklós Hajdu") == "PERSON"
-    assert "IBAN" not in hits and "API" not in hits

@@ -49,6 +49,7 @@ LABELLED: list[tuple[str, str, str]] = [
     ("ssn 536-90-4399", "536-90-4399", "US_SSN"),
     ("IBAN DE89 3704 0044 0532 0130 00 please", "DE89 3704 0044 0532 0130 00", "IBAN_CODE"),
     ("server 192.168.10.24 is down", "192.168.10.24", "IP_ADDRESS"),
+    ("iban gb82west12345698765432 lower-case", "gb82west12345698765432", "IBAN_CODE"),
     # Shapes libphonenumber rejects, with and without a context word.
     ("Can someone call me on 76 177 296? Thanks", "76 177 296", "PHONE_NUMBER"),
     ("office: 0380 7558505", "0380 7558505", "PHONE_NUMBER"),
@@ -83,6 +84,7 @@ CLEAN = [
     "Use `Bearer` authentication as documented; Street View is a Google product.",
     "Version 3.11.7 shipped in 2003-2010 builds; pi is 3.14159 and the port is 8080.",
     "Order 12345678 was invoiced on 2024-01-05 for 1 299.00 EUR.",
+    "Use the bucket ab12cdefghijklmnopqr and the key gb00west12345698765432 in tests.",
 ]
 
 

@@ -79,3 +79,39 @@ def test_per_chunk_cost_is_tens_of_microseconds_at_most() -> None:
         r.feed(c)
     per_chunk = (time.perf_counter() - start) / len(chunks)
     assert per_chunk < 50e-6, f"{per_chunk * 1e6:.1f} us per chunk"
+
+
+def test_reply_restorer_keeps_choices_and_tool_calls_apart() -> None:
+    from proxy.pii.restore import ReplyRestorer
+
+    r = ReplyRestorer(MAPPING)
+    a = {"content": "to <EMAIL_ADD"}
+    b = {"content": "call <PHONE_"}
+    t = {"tool_calls": [{"index": 1, "function": {"arguments": '{"k": "<PRIVATE_KEY_aa'}}]}
+    r.delta(0, a)
+    r.delta(1, b)
+    r.delta(0, t)
+    assert (a["content"], b["content"]) == ("to ", "call ")
+    assert t["tool_calls"][0]["function"]["arguments"] == '{"k": "'
+    assert r.holding() == [0, 1]
+    last: dict[str, object] = {"content": "RESS_7f3a9c>."}
+    r.delta(0, last)
+    assert last["content"] == "ann@example.com."
+    end: dict[str, object] = {}
+    r.finish(0, end)  # choice 0 ends: its tool call's held text is released
+    assert end == {"tool_calls": [{"index": 1, "function": {"arguments": "<PRIVATE_KEY_aa"}}]}
+    assert r.holding() == [1]
+
+
+def test_restore_message_covers_content_refusal_and_arguments() -> None:
+    from proxy.pii.restore import restore_message
+
+    msg = {"content": "<EMAIL_ADDRESS_7f3a9c>", "refusal": "no <PHONE_NUMBER_0b12ef>",
+           "tool_calls": [{"function": {"arguments": '{"a": "<PRIVATE_KEY_aa00bb>"}'}}],
+           "function_call": {"arguments": '{"b": "<EMAIL_ADDRESS_7f3a9c>"}'}}
+    restore_message(msg, MAPPING)
+    assert msg["content"] == "ann@example.com"
+    assert msg["refusal"] == "no +44 20 7946 0958"
+    assert json.loads(msg["tool_calls"][0]["function"]["arguments"]) == {  # type: ignore[index]
+        "a": MAPPING["<PRIVATE_KEY_aa00bb>"]}
+    assert json.loads(msg["function_call"]["arguments"]) == {"b": "ann@example.com"}  # type: ignore[index]

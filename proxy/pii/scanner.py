@@ -99,16 +99,17 @@ def unescape_whitespace(text: str) -> str:
 
 
 def merge_overlaps(spans: Iterable[Span]) -> Spans:
-    """Non-overlapping spans, left to right. Overlaps merge into their union, typed by
-    the longer span (then the higher score): redacting the union leaks nothing of either,
-    and the longer finding is the more specific one ("12 Harrison Street" over the
-    LOCATION "Harrison" inside it, an e-mail address over the URL of its domain)."""
+    """Non-overlapping spans, left to right. Overlaps merge into their union: redacting
+    the union leaks nothing of either. The type is that of a validated or vendor-format
+    finding (score >= 0.9: a checksum passed, a key prefix matched) over a model's
+    guess, then of the longer span, the more specific one ("12 Harrison Street" over
+    the LOCATION "Harrison" inside it, an e-mail address over the URL of its domain)."""
     ordered = sorted(spans, key=lambda s: (s.start, -s.end))
     out: list[Span] = []
     for s in ordered:
         if out and s.start < out[-1].end:
             last = out[-1]
-            winner = max(last, s, key=lambda x: (x.end - x.start, x.score))
+            winner = max(last, s, key=lambda x: (x.score >= 0.9, x.end - x.start, x.score))
             out[-1] = Span(last.start, max(last.end, s.end), winner.entity, winner.score)
         else:
             out.append(s)

@@ -27,7 +27,7 @@ from proxy.pii.cache import ScanCache, Spans
 from proxy.pii.parts import extract
 from proxy.pii.pseudonyms import Pseudonymizer, random_process_key, resolve_secret
 from proxy.pii.redact import Action, Redactions, redact
-from proxy.pii.restore import StreamRestorer, prefix_checker, restore
+from proxy.pii.restore import ReplyRestorer, restore_message
 from proxy.pii.scanner import Scanner, fingerprint
 from proxy.pipeline import Chunk, Policy
 from proxy.services import Services
@@ -120,9 +120,8 @@ class PiiConfig(Frozen):
 @dataclass(slots=True, eq=False)
 class PiiState:
     redactions: Redactions
-    could_start: Callable[[str], bool] | None = None
-    restorers: dict[tuple[Any, ...], StreamRestorer] = field(default_factory=dict)
-    template: dict[str, Any] | None = None
+    stream: ReplyRestorer | None = None
+    template: dict[str, Any] | None = None  # id/model of the stream, for a flush chunk
     output_text: list[str] = field(default_factory=list)  # stream output scan only
 
 
@@ -174,13 +173,8 @@ class PiiPolicy(Policy):
             await self._scan_output(ctx, messages)
         if not self.config.restore or not st.redactions.mapping:
             return
-        mapping = st.redactions.mapping
         for msg in messages:
-            for key in ("content", "refusal"):
-                if isinstance(msg.get(key), str):
-                    msg[key] = restore(msg[key], mapping)
-            for holder in _argument_holders(msg):
-                holder["arguments"] = restore(holder["arguments"], mapping, in_json=True)
+            restore_message(msg, st.redactions.mapping)
 
     async def _scan_output(self, ctx: RequestContext, messages: list[dict[str, Any]]) -> None:
         targets = [m for m in messages if isinstance(m.get("content"), str)]
@@ -217,6 +211,8 @@ class PiiPolicy(Policy):
         if st.template is None:
             st.template = {k: chunk[k] for k in ("id", "object", "created", "model")
                            if k in chunk}
+        if restoring and st.stream is None:
+            st.stream = ReplyRestorer(st.redactions.mapping)
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") if isinstance(choice, dict) else None
             if not isinstance(delta, dict):
@@ -224,38 +220,23 @@ class PiiPolicy(Policy):
             index = choice.get("index", 0)
             if scanning and isinstance(delta.get("content"), str):
                 st.output_text.append(delta["content"])
-            if restoring:
-                self._restore_delta(st, index, delta)
+            if st.stream is not None:
+                st.stream.delta(index, delta)
                 if choice.get("finish_reason") is not None:
-                    _flush_into(st, index, delta)
+                    st.stream.finish(index, delta)
         return [chunk]
-
-    def _restore_delta(self, st: PiiState, index: Any, delta: dict[str, Any]) -> None:
-        if isinstance(delta.get("content"), str):
-            delta["content"] = _restorer(st, (index, "content")).feed(delta["content"])
-        calls = delta.get("tool_calls")
-        if isinstance(calls, list):
-            for call in calls:
-                fn = call.get("function") if isinstance(call, dict) else None
-                if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
-                    r = _restorer(st, (index, "tool", call.get("index", 0)), in_json=True)
-                    fn["arguments"] = r.feed(fn["arguments"])
-        legacy = delta.get("function_call")
-        if isinstance(legacy, dict) and isinstance(legacy.get("arguments"), str):
-            r = _restorer(st, (index, "function"), in_json=True)
-            legacy["arguments"] = r.feed(legacy["arguments"])
 
     async def on_stream_end(self, ctx: RequestContext) -> list[Chunk]:
         st = ctx.get(STATE)
         if st is None:
             return []
         out: list[Chunk] = []
-        held = sorted({key[0] for key, r in st.restorers.items() if r.holding}, key=str)
-        if held:
+        stream = st.stream
+        if stream is not None and (held := stream.holding()):
             choices = []
             for index in held:
                 delta: dict[str, Any] = {}
-                _flush_into(st, index, delta)
+                stream.finish(index, delta)
                 choices.append({"index": index, "delta": delta, "finish_reason": None})
             out.append({**(st.template or {}), "choices": choices})
         if self.config.output != "off" and st.output_text:
@@ -268,44 +249,6 @@ class PiiPolicy(Policy):
 
     async def on_done(self, ctx: RequestContext) -> None:
         ctx.state.pop(STATE.name, None)  # the mapping holds raw values: drop it now
-
-
-def _restorer(st: PiiState, key: tuple[Any, ...], in_json: bool = False) -> StreamRestorer:
-    found = st.restorers.get(key)
-    if found is None:
-        if st.could_start is None:
-            st.could_start = prefix_checker(st.redactions.mapping)
-        found = st.restorers[key] = StreamRestorer(st.redactions.mapping, st.could_start,
-                                                   in_json)
-    return found
-
-
-def _flush_into(st: PiiState, index: Any, delta: dict[str, Any]) -> None:
-    """Release what a choice's restorers still hold into ``delta`` (its last chunk)."""
-    for key, r in st.restorers.items():
-        if key[0] != index or not r.holding:
-            continue
-        rest = r.flush()
-        if key[1] == "content":
-            delta["content"] = (delta.get("content") or "") + rest
-        elif key[1] == "tool":
-            calls = delta.setdefault("tool_calls", [])
-            calls.append({"index": key[2], "function": {"arguments": rest}})
-        else:
-            fn = delta.setdefault("function_call", {})
-            fn["arguments"] = (fn.get("arguments") or "") + rest
-
-
-def _argument_holders(msg: dict[str, Any]) -> list[dict[str, Any]]:
-    holders = []
-    for call in msg.get("tool_calls") or ():
-        fn = call.get("function") if isinstance(call, dict) else None
-        if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
-            holders.append(fn)
-    legacy = msg.get("function_call")
-    if isinstance(legacy, dict) and isinstance(legacy.get("arguments"), str):
-        holders.append(legacy)
-    return holders
 
 
 def _recorder(services: Services) -> Callable[[str, str, str, str, int], None]:
