@@ -56,6 +56,8 @@ LABELLED: list[tuple[str, str, str]] = [
     ("fax +41 (0)68 795 65 44", "+41 (0)68 795 65 44", "PHONE_NUMBER"),
     ("reach me at 650-752-7354x549", "650-752-7354x549", "PHONE_NUMBER"),
     ("tel. 03.93.92.16.85", "03.93.92.16.85", "PHONE_NUMBER"),
+    ("Fax: 1322342321\n", "1322342321", "PHONE_NUMBER"),
+    ("082 490 1693-Office", "082 490 1693", "PHONE_NUMBER"),
     # Issuers Presidio's card pattern misses (Luhn-valid, see with_check_digit).
     ("mc 2-series PAN", "", "CREDIT_CARD"),
     ("19-digit visa", "", "CREDIT_CARD"),
@@ -85,6 +87,7 @@ CLEAN = [
     "Version 3.11.7 shipped in 2003-2010 builds; pi is 3.14159 and the port is 8080.",
     "Order 12345678 was invoiced on 2024-01-05 for 1 299.00 EUR.",
     "Use the bucket ab12cdefghijklmnopqr and the key gb00west12345698765432 in tests.",
+    "The query returned 1234567 rows in 3.5 seconds; ticket 4521 was closed in 2019.",
 ]
 
 

@@ -194,9 +194,11 @@ def build_analyzer(spec: EngineSpec) -> AnalyzerEngine:
     nlp_engine.load()
     registry = RecognizerRegistry(recognizers=_recognizers(spec), supported_languages=["en"])
     engine = AnalyzerEngine(registry=registry, nlp_engine=nlp_engine, supported_languages=["en"],
-                            # Two words after a match as well ("555 0100 (mobile)").
+                            # Words after a match count too ("416 60 039 office"). Presidio
+                            # counts them from the match's first token, so the window
+                            # has to cover the match's own tokens as well.
                             context_aware_enhancer=FastContextEnhancer(
-                                context_prefix_count=5, context_suffix_count=2))
+                                context_prefix_count=5, context_suffix_count=6))
     # Presidio drops stop words before it looks for context words, and spaCy lists
     # "call", "number", "home" as stop words: "call me on 555 0100" would get no boost.
     vocab = nlp_engine.get_nlp("en").vocab

@@ -148,7 +148,7 @@ PHONE_RULES: tuple[Rule, ...] = (
     _rule("PHONE_NUMBER", r"(?<![\w+])\+\d{1,3}(?:[ .-]?\(\d{1,4}\))?(?:[ .-]?\d{2,5}){2,5}"
           rf"{_EXT}(?![\w-])", 0.5),
     _rule("PHONE_NUMBER", r"(?<![\w(])\(\d{1,5}\)[ .-]?\d{3,4}(?:[ .-]?\d{2,4}){1,2}"
-          rf"{_EXT}(?![\w-])", 0.5),
+          rf"{_EXT}(?!\w|-\d)", 0.5),
     _rule("PHONE_NUMBER", rf"(?<![\w.-])\d{{3}}([.-])\d{{3}}\1\d{{4}}{_EXT}(?![\w-])", 0.5),
     _rule("PHONE_NUMBER", r"(?<![\w.:-])\d{2}([ .-])\d{2}\1\d{2}\1\d{2}\1\d{2}(?![\w.:-])", 0.5),
 )
@@ -156,8 +156,10 @@ PHONE_RULES: tuple[Rule, ...] = (
 # would fire on "hotel", "text" on "context").
 PHONE_CONTEXT = ["phone", "telephone", "cell", "mobile", "call", "number", "fax", "office",
                  "dial", "sms", "whatsapp", "contact", "message", "answering", "landline"]
-# A run of 2-8 digit groups with single separators; 7-15 digits in all (E.164's range).
-_DIGIT_RUN = re.compile(r"(?<![\w.:/+-])\d{2,8}(?:[ .-]\d{1,8}){0,4}(?![\w:/-]|\.\d)")
+# A run of 2-8 digit groups with single separators; 6-15 digits in all (E.164's range,
+# and the six-digit local numbers of small countries).
+# "-Office" may follow ("555 0100-Office"), a further "-12" may not.
+_DIGIT_RUN = re.compile(r"(?<![\w.:/+-])\d{2,12}(?:[ .-]\d{1,8}){0,4}(?![\w:/]|[.-]\d)")
 _DATE_LIKE = re.compile(r"^(?:\d{4}[./-]\d{1,2}[./-]\d{1,2}|\d{1,2}[./-]\d{1,2}[./-]\d{2,4}"
                         r"|(?:19|20)\d\d ?[-\u2013] ?(?:19|20)\d\d)$")  # dates, year ranges
 
@@ -251,7 +253,7 @@ class PhoneShapeRecognizer(RegexRecognizer):
         for m in _DIGIT_RUN.finditer(text):
             run = m[0]
             digits = sum(c.isdigit() for c in run)
-            if not 7 <= digits <= 15 or _DATE_LIKE.match(run):
+            if not 6 <= digits <= 15 or _DATE_LIKE.match(run):
                 continue
             if run.count(".") == 1 and not re.search(r"[ -]", run):
                 continue  # a decimal number
