@@ -9,13 +9,12 @@ would have sent it. Chunks no policy needs are relayed as the exact upstream byt
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from typing import Any
 
 from aiohttp import web
 
-from proxy import sse
+from proxy import jsonbody, sse
 from proxy.context import RequestContext, Usage
 from proxy.errors import UpstreamFailed, WardenError
 from proxy.pipeline import Chain
@@ -74,7 +73,7 @@ class StreamRelay:
                         break
             return raw
         try:
-            chunk = json.loads(data)
+            chunk = jsonbody.loads_reply(data)
         except ValueError:
             raise UpstreamError("bad_reply", "provider sent a stream event that is not JSON") \
                 from None

@@ -8,10 +8,11 @@ the tenant's chain of request hooks -> upstream (with failover) -> the chain in 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import os
 import re
 import time
-import uuid
 from typing import Any
 
 from aiohttp import web
@@ -31,6 +32,7 @@ from proxy.pipeline import Chain, RetryUpstream
 from proxy.policies.auth import authenticate
 from proxy.relay import force_stream_usage, relay_stream, usage_of
 from proxy.upstream.base import UpstreamError, UpstreamReply
+from proxy.upstream.retry import client_budget
 
 log = logging.getLogger("warden.routes")
 
@@ -39,11 +41,26 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _IDENTITY_HEADERS = ("x-warden-agent", "x-warden-conversation")
 
 
+class RequestIds:
+    """Generated ids: a random per-app prefix and a counter. Unique across replicas
+    without a uuid4 (a getrandom syscall) per request."""
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._counter = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._counter):016x}"
+
+
+REQUEST_IDS = web.AppKey("request_ids", RequestIds)
+
+
 def request_id(request: web.Request) -> str:
     incoming = request.headers.get("x-request-id")
     if incoming and _REQUEST_ID.match(incoming):
         return incoming
-    return uuid.uuid4().hex
+    return request.app[REQUEST_IDS].next()
 
 
 def error_response(error: WardenError, ctx: RequestContext | None = None) -> web.Response:
@@ -78,9 +95,18 @@ async def proxied(request: web.Request, operation: Operation) -> web.StreamRespo
             ctx.client_headers[name] = request.headers[name][:128]
     chain = Chain()
     try:
-        return await _proxied(request, ctx, chain)
-    except WardenError as e:
-        return error_response(e, ctx)
+        try:
+            response = await _proxied(request, ctx, chain)
+        except WardenError as e:
+            response = error_response(e, ctx)
+        if not response.prepared:
+            # Send now: settling budgets and writing telemetry must not delay the agent.
+            try:
+                await response.prepare(request)
+                await response.write_eof()
+            except ConnectionError:
+                ctx.client_disconnected = True
+        return response
     except asyncio.CancelledError:
         ctx.client_disconnected = True
         ctx.status = ctx.status or 499
@@ -108,6 +134,7 @@ async def _proxied(request: web.Request, ctx: RequestContext, chain: Chain) -> w
             param="model",
         )
     ctx.deployments = deployments
+    ctx.deadline_s = client_budget(request.headers, app[SETTINGS].upstream_deadline_s)
     chain.extend(tenant.policies)
     await chain.request(ctx)
     if ctx.stream:
@@ -230,6 +257,8 @@ async def readyz(request: web.Request) -> web.Response:
         "store": {**services.store.describe(), "reachable": store_ok,
                   "ping_ms": round((time.perf_counter() - started) * 1000, 3)},
     }
+    # Breakers are detail, not readiness: another replica reaches the same providers.
+    detail["upstreams"] = app[UPSTREAM].breakers.snapshot()
     degraded_ok = services.settings.store_failure_mode == "open"
     ready = bool(holder.current.tenants) and (store_ok or degraded_ok)
     detail["status"] = "ready" if ready else "not_ready"
@@ -242,6 +271,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
+    app[REQUEST_IDS] = RequestIds()
     for prefix in ("/v1", ""):
         app.router.add_post(f"{prefix}/chat/completions", chat_completions)
         app.router.add_post(f"{prefix}/embeddings", embeddings)

@@ -15,6 +15,7 @@ from proxy.upstream.base import UpstreamError
 from proxy.upstream.http1 import Client, split_url
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+T = {"connect_s": 5.0, "first_byte_s": 5.0, "total_s": 30.0}
 
 
 async def serve(handler: Handler, tls: ssl.SSLContext | None = None
@@ -47,7 +48,7 @@ async def echo() -> AsyncIterator[str]:
 async def test_post_and_keep_alive_reuse(echo: str) -> None:
     client = Client(4)
     for i in range(5):
-        ex = await client.post(f"{echo}/v1/x", {"Authorization": "Bearer k"}, b"hi%d" % i, 5)
+        ex = await client.post(f"{echo}/v1/x", {"Authorization": "Bearer k"}, b"hi%d" % i, **T)
         assert ex.status == 200
         data = await ex.read()
         assert b'"got": "hi%d"' % i in data
@@ -58,7 +59,7 @@ async def test_post_and_keep_alive_reuse(echo: str) -> None:
 
 async def test_concurrent_requests_open_several_connections(echo: str) -> None:
     client = Client(8)
-    exchanges = await asyncio.gather(*[client.post(f"{echo}/x", {}, b"c", 5) for _ in range(6)])
+    exchanges = await asyncio.gather(*[client.post(f"{echo}/x", {}, b"c", **T) for _ in range(6)])
     bodies = await asyncio.gather(*[ex.read() for ex in exchanges])
     assert all(ex.status == 200 for ex in exchanges) and len(bodies) == 6
     client.close()
@@ -76,10 +77,10 @@ async def test_chunked_stream_and_flow_control() -> None:
 
     runner, url = await serve(handler)
     client = Client(2)
-    ex = await client.post(url, {}, b"", 5)
+    ex = await client.post(url, {}, b"", **T)
     await asyncio.sleep(0.2)  # let the provider fill our buffer: reading must pause
     total = 0
-    while (chunk := await ex.next_chunk()) is not None:
+    while (chunk := await ex.next_chunk(5.0)) is not None:
         total += len(chunk)
     assert total == sum(4096 + len(str(i)) for i in range(200))
     ex.release()
@@ -98,7 +99,7 @@ async def test_reset_mid_body_raises_upstream_error() -> None:
 
     runner, url = await serve(handler)
     client = Client(2)
-    ex = await client.post(url, {}, b"", 5)
+    ex = await client.post(url, {}, b"", **T)
     with pytest.raises(UpstreamError) as info:
         await ex.read()
     assert info.value.reason == "reset"
@@ -116,7 +117,7 @@ async def test_malformed_http_is_bad_reply() -> None:
     port = server.sockets[0].getsockname()[1]
     client = Client(2)
     with pytest.raises(UpstreamError) as info:
-        await client.post(f"http://127.0.0.1:{port}/", {}, b"x", 5)
+        await client.post(f"http://127.0.0.1:{port}/", {}, b"x", **T)
     assert info.value.reason == "bad_reply"
     client.close()
     server.close()
@@ -139,7 +140,7 @@ async def test_stale_keep_alive_connection_is_retried_once_fresh() -> None:
     port = server.sockets[0].getsockname()[1]
     client = Client(2)
     for _ in range(3):
-        ex = await client.post(f"http://127.0.0.1:{port}/", {}, b"", 5)
+        ex = await client.post(f"http://127.0.0.1:{port}/", {}, b"", **T)
         assert await ex.read() == b"ok"
     assert served == 3
     client.close()
@@ -149,7 +150,7 @@ async def test_stale_keep_alive_connection_is_retried_once_fresh() -> None:
 async def test_connect_refused_and_timeout() -> None:
     client = Client(2)
     with pytest.raises(UpstreamError) as info:
-        await client.post("http://127.0.0.1:9/", {}, b"", 5)
+        await client.post("http://127.0.0.1:9/", {}, b"", **T)
     assert info.value.reason == "connect_error"
     client.close()
 
@@ -174,11 +175,11 @@ async def test_tls(self_signed: tuple[Path, Path]) -> None:
     runner, url = await serve(handler, server_tls)
     assert url.startswith("https://")
     client = Client(2, tls=ssl.create_default_context(cafile=str(cert)))
-    ex = await client.post(url, {}, b"hello", 5)
+    ex = await client.post(url, {}, b"hello", **T)
     assert await ex.read() == b"secure hello"
     untrusting = Client(2)  # the system trust store does not know our self-signed cert
     with pytest.raises(UpstreamError, match="cannot connect"):
-        await untrusting.post(url, {}, b"", 5)
+        await untrusting.post(url, {}, b"", **T)
     client.close()
     untrusting.close()
     await runner.cleanup()
@@ -195,3 +196,35 @@ def test_split_url_and_header_injection() -> None:
 
     with pytest.raises(ValueError, match="line break"):
         _encode(origin, b"/", {"X-Evil": "a\r\nInjected: 1"}, b"")
+
+
+async def test_first_byte_idle_and_total_timeouts() -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        mode = request.path.strip("/")
+        if mode == "slow-head":
+            await asyncio.sleep(5)
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        for _ in range(50):
+            await resp.write(b"x")
+            await asyncio.sleep(0.5 if mode == "stall" else 0.05)
+        await resp.write_eof()
+        return resp
+
+    runner, url = await serve(handler)
+    client = Client(4)
+    with pytest.raises(UpstreamError, match="did not answer in time") as info:
+        await client.post(f"{url}/slow-head", {}, b"", connect_s=5, first_byte_s=0.2,
+                          total_s=30)
+    assert info.value.timeout
+    ex = await client.post(f"{url}/stall", {}, b"", connect_s=5, first_byte_s=5, total_s=30)
+    with pytest.raises(UpstreamError, match="stalled"):
+        while await ex.next_chunk(0.2) is not None:
+            pass
+    ex.abort()
+    ex = await client.post(f"{url}/steady", {}, b"", connect_s=5, first_byte_s=5, total_s=0.5)
+    with pytest.raises(UpstreamError) as info:
+        await ex.read()  # chunks keep coming, but the whole reply takes ~2.5 s
+    assert info.value.timeout
+    client.close()
+    await runner.cleanup()

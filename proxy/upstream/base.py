@@ -10,11 +10,12 @@ caller.
 
 from __future__ import annotations
 
-import json
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from proxy import jsonbody
 from proxy.context import Operation
 from proxy.tenants import Deployment
 
@@ -24,7 +25,9 @@ class UpstreamError(Exception):
 
     def __init__(self, reason: str, message: str, *, timeout: bool = False) -> None:
         super().__init__(message)
-        self.reason = reason  # bounded: connect_error, timeout, reset, bad_reply, ...
+        # Bounded: connect_error, connect_timeout, first_byte_timeout, idle_timeout,
+        # total_timeout, reset, bad_reply, empty_stream, truncated, provider_error, ...
+        self.reason = reason
         self.timeout = timeout
 
 
@@ -39,10 +42,26 @@ class UpstreamReply:
         """Parsed body; raises UpstreamError when the provider sent garbage."""
         if self._parsed is None:
             try:
-                self._parsed = json.loads(self.body)
+                self._parsed = jsonbody.loads_reply(self.body)
             except ValueError:
                 raise UpstreamError("bad_reply", "provider sent a body that is not JSON") from None
         return self._parsed
+
+
+class PhaseClock:
+    """An attempt's total deadline, and which limit ends a phase first: the phase's own
+    (connect, first byte, idle) or what is left of ``total``."""
+
+    __slots__ = ("_loop", "total_at")
+
+    def __init__(self, total_s: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.total_at = self._loop.time() + total_s
+
+    def limit(self, phase_s: float, phase: str) -> tuple[float, str]:
+        """(seconds to wait, the timeout reason if that runs out)."""
+        left = max(0.0, self.total_at - self._loop.time())
+        return (phase_s, phase) if phase_s < left else (left, "total_timeout")
 
 
 class UpstreamStream(Protocol):

@@ -63,6 +63,8 @@ class Connection(asyncio.Protocol):
 
     def _reset(self) -> None:
         self._parser = httptools.HttpResponseParser(self)
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = float("inf")
         self._head: asyncio.Future[None] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._chunks: deque[bytes] = deque()
@@ -107,6 +109,7 @@ class Connection(asyncio.Protocol):
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self._cancel_timer()
         self.status = self._parser.get_status_code()
         if self._head is not None and not self._head.done():
             self._head.set_result(None)
@@ -129,6 +132,27 @@ class Connection(asyncio.Protocol):
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
+    # -- timeouts: one loop timer at a time, far cheaper than asyncio.timeout() blocks --
+    def _arm(self, delay: float, reason: str, message: str) -> None:
+        """Fail the exchange after ``delay`` (reason: the phase) or at the total
+        deadline, whichever is first (reason then ``total_timeout``)."""
+        self._cancel_timer()
+        loop = asyncio.get_running_loop()
+        left = self._deadline - loop.time()
+        if left <= delay:
+            delay, reason = left, "total_timeout"
+        self._timer = loop.call_later(max(0.0, delay), self._expire, reason, message)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self, reason: str, message: str) -> None:
+        self._timer = None
+        self._fail(UpstreamError(reason, message, timeout=True))
+        self.close()  # a reply we gave up on cannot share the connection
+
     def _fail(self, error: UpstreamError) -> None:
         if self.error is None:
             self.error = error
@@ -137,9 +161,12 @@ class Connection(asyncio.Protocol):
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_exception(error)
 
-    def send(self, request: bytes) -> None:
+    def send(self, request: bytes, first_byte_s: float, total_s: float) -> None:
         self._reset()
-        self._head = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self._head = loop.create_future()
+        self._deadline = loop.time() + total_s
+        self._arm(first_byte_s, "first_byte_timeout", "provider did not answer in time")
         assert self.transport is not None
         self.transport.write(request)
 
@@ -150,18 +177,21 @@ class Connection(asyncio.Protocol):
     def headers(self) -> dict[str, str]:
         return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self._headers}
 
-    async def next_chunk(self) -> bytes | None:
-        """The next piece of body, or None at the end of the message."""
+    async def next_chunk(self, idle_s: float) -> bytes | None:
+        """The next piece of body, or None at the end of the message. Waits at most
+        ``idle_s`` for it (and never past the exchange's total deadline)."""
         while not self._chunks:
             if self.complete:
                 return None
             if self.error is not None:
                 raise self.error
             self._waiter = asyncio.get_running_loop().create_future()
+            self._arm(idle_s, "idle_timeout", "provider stream stalled")
             try:
                 await self._waiter
             finally:
                 self._waiter = None
+                self._cancel_timer()
         chunk = self._chunks.popleft()
         self._buffered -= len(chunk)
         if self._paused and self._buffered < _LOW_WATER and self.transport is not None:
@@ -171,11 +201,12 @@ class Connection(asyncio.Protocol):
 
     async def read_all(self) -> bytes:
         parts = []
-        while (chunk := await self.next_chunk()) is not None:
+        while (chunk := await self.next_chunk(float("inf"))) is not None:
             parts.append(chunk)
         return b"".join(parts)
 
     def close(self) -> None:
+        self._cancel_timer()
         if self.transport is not None and not self.closed:
             self.transport.close()
         self.closed = True
@@ -213,7 +244,7 @@ class Pool:
                     server_hostname=o.host if self._tls else None,
                 )
         except TimeoutError:
-            raise UpstreamError("timeout", f"connect to {o.host}:{o.port} timed out",
+            raise UpstreamError("connect_timeout", f"connect to {o.host}:{o.port} timed out",
                                 timeout=True) from None
         except (OSError, ssl.SSLError) as e:
             raise UpstreamError("connect_error", f"cannot connect to provider {o.host}:{o.port}: "
@@ -250,8 +281,8 @@ class Exchange:
         self.headers = conn.headers()
         self._released = False
 
-    async def next_chunk(self) -> bytes | None:
-        return await self._conn.next_chunk()
+    async def next_chunk(self, idle_s: float) -> bytes | None:
+        return await self._conn.next_chunk(idle_s)
 
     async def read(self) -> bytes:
         try:
@@ -291,22 +322,23 @@ class Client:
             pool = self._pools[origin] = Pool(origin, self._pool_size, tls)
         return pool
 
-    async def post(self, url: str, headers: dict[str, str], body: bytes,
-                   connect_timeout: float) -> Exchange:
-        """Send; return once the response head arrived (the caller bounds the wait)."""
+    async def post(self, url: str, headers: dict[str, str], body: bytes, *,
+                   connect_s: float, first_byte_s: float, total_s: float) -> Exchange:
+        """Send; return once the response head arrived. ``first_byte_s`` bounds the
+        wait for the head, ``total_s`` the whole exchange including the body."""
         origin, target = split_url(url)
         pool = self._pool(origin)
         request = _encode(origin, target, headers, body)
         for _ in range(2):
-            conn, reused = await pool.acquire(connect_timeout)
-            conn.send(request)
+            conn, reused = await pool.acquire(connect_s)
+            conn.send(request, first_byte_s, total_s)
             try:
                 await conn.wait_head()
-            except UpstreamError:
+            except UpstreamError as e:
                 pool.release(conn)
                 # A kept-alive connection the provider closed just before our request
                 # arrived: nothing was received, so nothing was processed. Once, fresh.
-                if reused and not conn.received_any:
+                if e.reason == "reset" and reused and not conn.received_any:
                     continue
                 raise
             except BaseException:

@@ -7,7 +7,6 @@ pooled HTTP/1.1 client in ``http1.py``.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -53,6 +52,8 @@ class OpenAIStream:
     """A 200 SSE reply relayed event by event, with an idle timeout between reads."""
 
     def __init__(self, exchange: Exchange, idle_s: float) -> None:
+        # idle_s bounds each wait for the next chunk; the exchange's total deadline
+        # (set when it was sent) bounds the whole stream.
         self.status = exchange.status
         self.headers = _passed(exchange.headers)
         self._exchange = exchange
@@ -63,12 +64,7 @@ class OpenAIStream:
         exchange = self._exchange
         try:
             while True:
-                try:
-                    async with asyncio.timeout(self._idle_s):
-                        data = await exchange.next_chunk()
-                except TimeoutError:
-                    raise UpstreamError("timeout", "provider stream stalled",
-                                        timeout=True) from None
+                data = await exchange.next_chunk(self._idle_s)
                 if data is None:
                     break
                 for event in splitter.feed(data):
@@ -93,24 +89,13 @@ class OpenAITransport:
     ) -> UpstreamReply | OpenAIStream:
         payload = jsonbody.dumps(body)
         t = deployment.timeouts
-        try:
-            async with asyncio.timeout(t.first_byte):
-                exchange = await self._client.post(
-                    endpoint(deployment, operation), auth_headers(deployment, stream),
-                    payload, t.connect)
-        except TimeoutError:
-            raise UpstreamError("timeout", "provider did not answer in time",
-                                timeout=True) from None
+        exchange = await self._client.post(
+            endpoint(deployment, operation), auth_headers(deployment, stream), payload,
+            connect_s=t.connect, first_byte_s=t.first_byte, total_s=t.total)
         content_type = exchange.headers.get("content-type", "")
         if stream and exchange.status == 200 and content_type.startswith("text/event-stream"):
             return OpenAIStream(exchange, t.idle)
-        try:
-            async with asyncio.timeout(t.total):
-                raw = await exchange.read()
-        except TimeoutError:
-            exchange.abort()
-            raise UpstreamError("timeout", "provider reply did not complete in time",
-                                timeout=True) from None
+        raw = await exchange.read()  # bounded by the exchange's total deadline
         return UpstreamReply(exchange.status, raw, _passed(exchange.headers))
 
     async def close(self) -> None:
