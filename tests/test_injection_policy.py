@@ -350,3 +350,15 @@ async def test_no_canary_without_a_system_prompt(services: Services) -> None:
     body = reply(f"{pol.canary}")
     await pol.on_response(ctx, body)  # not planted here, so not this request's leak
     assert ctx.decisions == []
+
+
+def test_documented_example_is_valid() -> None:
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "policies.md").read_text()
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", doc, re.S)]
+    section = next(b["injection"] for b in blocks if "injection" in b)
+    assert InjectionConfig.model_validate(section).action == "spotlight"
