@@ -96,9 +96,8 @@ def _show(label: str, text: str) -> None:
 
 def _message(error: Any) -> str:
     body = getattr(error, "body", None)
-    if isinstance(body, dict) and isinstance(body.get("message"), str):
-        return body["message"]
-    return str(error)
+    message = body.get("message") if isinstance(body, dict) else None
+    return message if isinstance(message, str) else str(error)
 
 
 def run_demo(verbose: bool = False) -> int:
