@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -86,4 +86,11 @@ class Settings(BaseSettings):
     )
     breaker_half_open_probes: int = Field(
         1, ge=1, description="Concurrent probe attempts while half-open."
+    )
+    pii_secret: SecretStr | None = Field(
+        None, description="Key for PII pseudonyms when a tenant sets no pii.secret; the same "
+        "value on every replica keeps placeholders stable across them."
+    )
+    pii_cache_size: int = Field(
+        20_000, ge=0, description="Entries in the PII scan-result cache (spans only, no text)."
     )
