@@ -20,6 +20,7 @@ from proxy.services import Services
 from proxy.settings import Settings
 from proxy.store import create_store
 from proxy.tenants import PolicyHolder, PolicySet, load_policy_set
+from proxy.tracing import tracing_ctx
 from proxy.upstream.collector import UpstreamCollector
 from proxy.upstream.failover import Upstream
 from proxy.upstream.http1 import Client
@@ -115,6 +116,7 @@ def create_app(settings: Settings, services: Services | None = None) -> web.Appl
     app.cleanup_ctx.append(_services_ctx)
     app.cleanup_ctx.append(_upstream_ctx)
     app.cleanup_ctx.append(reload_ctx)  # last in, first out: stops before services close
+    app.cleanup_ctx.append(tracing_ctx)  # WARDEN_OTLP_ENDPOINT: flushes before the rest stops
     add_routes(app)
     return app
 

@@ -51,6 +51,8 @@ class Attempt:
     status: int | None
     reason: str
     duration_s: float
+    # perf_counter when the attempt object was made, just before the call (trace spans).
+    started: float = field(default_factory=time.perf_counter)
 
 
 @dataclass(slots=True)

@@ -36,7 +36,7 @@ import os
 import re
 from bisect import bisect_left
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import values as prom_values
@@ -46,6 +46,9 @@ from prometheus_client.metrics import MetricWrapperBase
 from proxy.accesslog import AccessLog
 from proxy.context import RequestContext
 from proxy.pricing import PriceTable
+
+if TYPE_CHECKING:
+    from proxy.tracing import Tracer
 
 # Bucket boundaries from the GenAI semantic conventions (explicit_bucket_boundaries).
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304,
@@ -193,6 +196,7 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.enabled = enabled
         self.access = AccessLog() if access_log_enabled else None
+        self.tracer: Tracer | None = None  # set by tracing_ctx when WARDEN_OTLP_ENDPOINT is
         self.prices = prices if prices is not None else PriceTable.load()
         # Decided by prometheus_client when it was imported (PROMETHEUS_MULTIPROC_DIR).
         self.multiprocess = bool(getattr(prom_values.ValueClass, "_multiprocess", False))
@@ -299,6 +303,10 @@ class Metrics:
         if not self.enabled:
             if self.access is not None:
                 self.access.write(ctx, outcome(ctx), ctx.elapsed(), ctx.overhead())
+            if self.tracer is not None:
+                result = outcome(ctx)
+                self.tracer.record(ctx, result, None if result == "ok" else
+                                   _error_type(ctx, result))
             return
         elapsed = ctx.elapsed()
         overhead = max(0.0, elapsed - ctx.upstream_s)
@@ -335,6 +343,9 @@ class Metrics:
             self.rate_limited.labels(tenant, model, self._limit_of(ctx)).inc()
         if self.access is not None:
             self.access.write(ctx, result, elapsed, overhead)
+        if self.tracer is not None:
+            self.tracer.record(ctx, result, None if result == "ok" else
+                               _error_type(ctx, result))
 
     def _record_genai(self, ctx: RequestContext, model: str, result: str,
                       elapsed: float) -> None:

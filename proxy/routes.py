@@ -41,7 +41,7 @@ log = logging.getLogger("warden.routes")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # Client headers that identify the AutoGen agent / conversation (logged, never labels).
-_IDENTITY_HEADERS = ("x-warden-agent", "x-warden-conversation")
+_IDENTITY_HEADERS = ("x-warden-agent", "x-warden-conversation", "traceparent")
 
 
 class RequestIds:
