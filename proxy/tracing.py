@@ -33,7 +33,7 @@ from aiohttp import web
 from proxy import jsonbody
 from proxy.appkeys import SERVICES, SETTINGS
 from proxy.context import RequestContext
-from proxy.metrics import PROVIDER_NAMES
+from proxy.semconv import PROVIDER_NAMES
 
 log = logging.getLogger("warden.tracing")
 

@@ -14,16 +14,14 @@ import pytest
 
 from proxy.appkeys import SERVICES
 from proxy.context import Attempt, RequestContext, Usage
-from proxy.metrics import (
+from proxy.metrics import Metrics
+from proxy.mock_upstream import _pieces, prompt_text, tokens
+from proxy.semconv import (
     CHUNK_BUCKETS,
     DURATION_BUCKETS,
     TOKEN_BUCKETS,
     TTFT_BUCKETS,
-    Bounded,
-    Metrics,
-    observe_many,
 )
-from proxy.mock_upstream import _pieces, prompt_text, tokens
 from proxy.tenants import Deployment, Tenant, TenantConfig
 from proxy.tokens import TokenCounter
 from tests.support import KEY, Stack, env_for_subprocess, spawn, write_policies
@@ -221,24 +219,6 @@ def test_cardinality_bounded_under_distinct_agents_and_models(tstack: Stack) -> 
     assert after - before <= len(decisions)
     assert parse(text).get_value("warden_policy_decisions_total", tenant="acme",
                                  policy="other", action="other", reason="other") > 0
-
-
-def test_bounded_admits_a_fixed_number_of_values() -> None:
-    b = Bounded(3)
-    assert [b(v) for v in ("a", "b", "a", "c", "d", "e", "b")] == \
-        ["a", "b", "a", "c", "other", "other", "b"]
-    assert b(None) == "-" and b("") == "-"
-    assert Bounded(5)('we"ird {label}\n') == "we_ird__label__"
-
-
-def test_observe_many_equals_observe_one_by_one() -> None:
-    values = [0.0, 0.01, 0.011, 0.3, 0.3, 2.5, 3.0, 1e-9, 0.075]
-    a, b = Metrics(access_log_enabled=False), Metrics(access_log_enabled=False)
-    observe_many(a.time_per_chunk.labels("chat", "openai", "m", "m", "t"), values)
-    child = b.time_per_chunk.labels("chat", "openai", "m", "m", "t")
-    for v in values:
-        child.observe(v)
-    assert parse(a.render().decode()) == parse(b.render().decode())
 
 
 # The semantic conventions' explicit bucket boundaries, written out as the spec does.
