@@ -98,6 +98,13 @@ class Deployment(Frozen):
             return None
 
 
+# Policy sections. Imported here, below Frozen, because each policy module subclasses
+# Frozen; proxy/policies/__init__.py imports this module first, so either import order works.
+from proxy.policies.budget import BudgetConfig  # noqa: E402
+from proxy.policies.limits import LimitsConfig  # noqa: E402
+from proxy.policies.loops import LoopsConfig  # noqa: E402
+
+
 class TenantConfig(Frozen):
     """The contents of one policy file. A section that is absent is a policy that is off."""
 
@@ -105,6 +112,9 @@ class TenantConfig(Frozen):
     keys: list[str] = Field(min_length=1, description="Virtual keys: plain or sha256:<hex>.")
     models: dict[str, list[Deployment]] = Field(min_length=1)
     log_prompts: bool = Field(False, description="Opt in to prompt/completion text in logs.")
+    loops: LoopsConfig | None = None
+    limits: LimitsConfig | None = None
+    budget: BudgetConfig | None = None
 
     @field_validator("keys")
     @classmethod

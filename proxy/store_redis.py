@@ -1,0 +1,236 @@
+"""The Redis store: counters a fleet of replicas shares, exact across all of them.
+
+One ``EVALSHA`` of ``store.lua`` per ``reserve`` and one per ``settle``: the script
+decides and reserves every check of a request atomically (Redis runs scripts one at a
+time), so two replicas can never both take the last slot. The script is sent once per
+Redis node (``EVAL`` on the first ``NOSCRIPT``), never ``SCRIPT LOAD``-ed ahead of time,
+so a Redis restart or failover just costs one ``EVAL``.
+
+When Redis cannot be reached, ``failure_mode`` decides: ``open`` answers from a local
+``MemoryStore`` (per-replica limits, so a fleet of N admits up to N times a limit —
+logged, flagged in ``describe()`` for /readyz, and reported to listeners for metrics),
+``closed`` refuses with 503. While down, Redis is retried once a second by a single
+request (the others stay local), so a Redis that hangs does not stall every request,
+and the store recovers by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Awaitable, Mapping, Sequence
+from dataclasses import replace
+from importlib import resources
+from typing import Any, Literal, cast
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+
+from proxy.errors import ServiceUnavailable
+from proxy.store import (
+    Check,
+    DenyReason,
+    Keys,
+    MemoryStore,
+    Reservation,
+    Slots,
+    State,
+    Store,
+    Verdict,
+    Window,
+)
+
+log = logging.getLogger("warden.store")
+
+SCRIPT = resources.files("proxy").joinpath("store.lua").read_text(encoding="utf-8")
+SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
+
+# Everything that means "Redis did not answer properly"; nothing else is caught.
+_FAILURES = (RedisError, RedisClusterException, OSError, TimeoutError)
+_CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+_WARN_EVERY_S = 30.0
+
+
+class RedisStore(Store):
+    kind = "redis"
+
+    def __init__(
+        self, url: str, prefix: str = "warden", *,
+        failure_mode: Literal["open", "closed"] = "open", timeout_s: float = 1.0,
+        retry_interval_s: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.cluster = url.startswith(_CLUSTER_SCHEMES)
+        self.failure_mode = failure_mode
+        self.prefix = prefix
+        self._keys = Keys(prefix)
+        self._timeout_s = timeout_s
+        self._retry_interval_s = retry_interval_s
+        # One immediate retry: a pooled connection to a Redis that restarted fails at
+        # once, and the retry on a fresh connection succeeds. Both scripts are
+        # idempotent per request id, so a retried reserve never reserves twice.
+        options: dict[str, Any] = dict(
+            socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 1),
+        )
+        self._client: Redis | RedisCluster
+        if self.cluster:
+            self._client = RedisCluster.from_url(url.replace("+cluster", "", 1), **options)
+        else:
+            self._client = Redis.from_url(url, **options)
+        self._local = MemoryStore(prefix)
+        self.degraded = False
+        self.last_error: str | None = None
+        self.fallbacks = 0
+        self._down_until = 0.0
+        self._probing = False
+        self._last_warning = 0.0
+
+    # -- health --------------------------------------------------------------------
+
+    async def ping(self) -> bool:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await cast("Awaitable[Any]", self._client.ping())
+        except _FAILURES:
+            return False
+        self._down_until = 0.0  # let the next request probe at once
+        return True
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "cluster": self.cluster, "failure_mode": self.failure_mode,
+                "degraded": self.degraded, "fallback_requests": self.fallbacks,
+                "last_error": self.last_error}
+
+    async def close(self) -> None:
+        await self.drain()
+        await self._client.aclose()
+
+    def _should_try(self) -> bool:
+        if not self.degraded:
+            return True
+        if self._probing or time.monotonic() < self._down_until:
+            return False
+        self._probing = True  # this request probes; the others stay local meanwhile
+        return True
+
+    def _up(self) -> None:
+        self._probing = False
+        if self.degraded:
+            self.degraded = False
+            log.warning("Redis store recovered after %d request(s) served with local "
+                        "per-replica limits", self.fallbacks)
+            self._emit("recovered", {"fallback_requests": self.fallbacks})
+
+    def _down(self, error: BaseException) -> None:
+        self._probing = False
+        self._down_until = time.monotonic() + self._retry_interval_s
+        self.last_error = f"{type(error).__name__}: {error}"[:200]
+        if not self.degraded:
+            self.degraded = True
+            log.error("Redis store unreachable (%s); failing %s: %s", self.last_error,
+                      self.failure_mode, "limits and budgets are now per replica"
+                      if self.failure_mode == "open" else "requests are refused with 503")
+            self._emit("degraded", {"error": self.last_error, "mode": self.failure_mode})
+
+    # -- the two calls -------------------------------------------------------------
+
+    async def reserve(
+        self, tenant: str, request_id: str, checks: Sequence[Check], *, now: float,
+        ttl_s: float, dry_run: bool = False,
+    ) -> Reservation:
+        if self._should_try():
+            args = self._args("peek" if dry_run else "reserve", request_id, checks, now, ttl_s,
+                              None)
+            try:
+                raw = await self._eval(tenant, checks, args)
+            except _FAILURES as e:
+                self._down(e)
+            else:
+                self._up()
+                return Reservation(tenant, request_id, tuple(checks), _verdict(raw, checks))
+        if self.failure_mode == "closed":
+            raise ServiceUnavailable(
+                "Warden cannot reach its rate-limit and budget store; the request was not "
+                "sent (the store fails closed). Retry shortly.",
+                headers={"Retry-After": str(math.ceil(self._retry_interval_s))},
+            )
+        self.fallbacks += 1
+        self._emit("fallback", {"tenant": tenant})
+        if time.monotonic() - self._last_warning > _WARN_EVERY_S:
+            self._last_warning = time.monotonic()
+            log.warning("Redis store still unreachable: %d request(s) decided with local "
+                        "per-replica limits so far", self.fallbacks)
+        res = self._local.reserve_now(tenant, request_id, checks, now=now, ttl_s=ttl_s,
+                                      dry_run=dry_run)
+        return replace(res, verdict=replace(res.verdict, local=True))
+
+    async def settle(self, reservation: Reservation, actual: Mapping[str, int], *,
+                     now: float) -> None:
+        if reservation.verdict.local:
+            self._local.settle_now(reservation, actual, now=now)
+            return
+        if not reservation.verdict.granted:
+            return
+        args = self._args("settle", reservation.request_id, reservation.checks, now, 0, actual)
+        try:
+            await self._eval(reservation.tenant, reservation.checks, args)
+        except _FAILURES as e:
+            # Nothing to fall back to: the reservation lives in Redis. Its leases run
+            # out by themselves (a budget lease is then charged in full).
+            log.warning("could not settle request %s in Redis (%s); its reservation "
+                        "expires with its lease", reservation.request_id, e)
+            self._down(e)
+        else:
+            self._up()
+
+    # -- plumbing ------------------------------------------------------------------
+
+    def _args(self, mode: str, rid: str, checks: Sequence[Check], now: float, ttl_s: float,
+              actual: Mapping[str, int] | None) -> list[str | int]:
+        args: list[str | int] = [mode, math.floor(now * 1000), rid, math.floor(ttl_s * 1000),
+                                 len(checks)]
+        for c in checks:
+            amount: str | int
+            if actual is not None:
+                value = actual.get(c.name)
+                amount = "" if value is None else value
+            else:
+                amount = 1 if isinstance(c, Slots) else c.amount
+            if isinstance(c, Window):
+                args += ["W", c.limit, amount, c.window_ms, "", "", ""]
+            elif isinstance(c, Slots):
+                args += ["C", c.limit, amount, "", "", "", ""]
+            else:
+                args += ["S", c.limit, amount, c.entry, c.entry_score_ms, c.cutoff_ms,
+                         c.expire_at_ms]
+        return args
+
+    async def _eval(self, tenant: str, checks: Sequence[Check], args: list[str | int]) -> Any:
+        keys = [k for c in checks for k in self._keys.of(tenant, c)]
+        client = cast(Any, self._client)  # redis-py's sync/async union types
+        async with asyncio.timeout(self._timeout_s):
+            try:
+                return await client.evalsha(SCRIPT_SHA, len(keys), *keys, *args)
+            except NoScriptError:
+                return await client.eval(SCRIPT, len(keys), *keys, *args)
+
+
+def _verdict(raw: list[Any], checks: Sequence[Check]) -> Verdict:
+    granted, denied_index, reason, retry_ms = raw[:4]
+    states: dict[str, State] = {}
+    for i, check in enumerate(checks):
+        used, reserved, reset_ms = raw[4 + 3 * i: 7 + 3 * i]
+        states[check.name] = State(int(used), check.limit, int(reserved), int(reset_ms) / 1000)
+    why = reason.decode() if isinstance(reason, bytes) else str(reason)
+    return Verdict(
+        granted=bool(granted), states=states,
+        denied=checks[int(denied_index) - 1].name if int(denied_index) else None,
+        reason=cast(DenyReason, why), retry_after_s=max(0, int(retry_ms)) / 1000,
+    )
