@@ -171,7 +171,7 @@ class BudgetPolicy(AdmissionPolicy):
             if state is None:
                 continue
             left = state.remaining
-            parts.append(f"usd={left / NANO_PER_USD:.6f}" if unit == "usd" else f"tokens={left}")
+            parts.append(f"usd={left / NANO_PER_USD:.9f}" if unit == "usd" else f"tokens={left}")
             ratio = min(1.0, (state.used + state.reserved) / state.limit)
             self.metrics.budget_remaining.labels(ctx.tenant_name, unit).set(
                 left / NANO_PER_USD if unit == "usd" else left)
