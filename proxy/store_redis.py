@@ -62,8 +62,8 @@ class RedisStore(Store):
 
     def __init__(
         self, url: str, prefix: str = "warden", *,
-        failure_mode: Literal["open", "closed"] = "open", timeout_s: float = 1.0,
-        retry_interval_s: float = 1.0,
+        failure_mode: Literal["open", "closed"] = "open", timeout_s: float = 2.0,
+        retry_interval_s: float = 1.0, max_connections: int = 64,
     ) -> None:
         super().__init__()
         self.cluster = url.startswith(_CLUSTER_SCHEMES)
@@ -77,8 +77,11 @@ class RedisStore(Store):
         # idempotent per request id, so a retried reserve never reserves twice.
         options: dict[str, Any] = dict(
             socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 1),
+            retry=Retry(NoBackoff(), 1), max_connections=max_connections + 8,
         )
+        # Calls queue here rather than in redis-py, whose pool raises "too many
+        # connections" at its cap — an overload on this side, not an outage of Redis.
+        self._slots = asyncio.Semaphore(max_connections)
         self._client: Redis | RedisCluster
         if self.cluster:
             self._client = RedisCluster.from_url(url.replace("+cluster", "", 1), **options)
@@ -145,16 +148,10 @@ class RedisStore(Store):
         self, tenant: str, request_id: str, checks: Sequence[Check], *, now: float,
         ttl_s: float, dry_run: bool = False,
     ) -> Reservation:
-        if self._should_try():
-            args = self._args("peek" if dry_run else "reserve", request_id, checks, now, ttl_s,
-                              None)
-            try:
-                raw = await self._eval(tenant, checks, args)
-            except _FAILURES as e:
-                self._down(e)
-            else:
-                self._up()
-                return Reservation(tenant, request_id, tuple(checks), _verdict(raw, checks))
+        args = self._args("peek" if dry_run else "reserve", request_id, checks, now, ttl_s, None)
+        raw = await self._call(tenant, checks, args)
+        if raw is not None:
+            return Reservation(tenant, request_id, tuple(checks), _verdict(raw, checks))
         if self.failure_mode == "closed":
             raise ServiceUnavailable(
                 "Warden cannot reach its rate-limit and budget store; the request was not "
@@ -179,16 +176,11 @@ class RedisStore(Store):
         if not reservation.verdict.granted:
             return
         args = self._args("settle", reservation.request_id, reservation.checks, now, 0, actual)
-        try:
-            await self._eval(reservation.tenant, reservation.checks, args)
-        except _FAILURES as e:
+        if await self._call(reservation.tenant, reservation.checks, args) is None:
             # Nothing to fall back to: the reservation lives in Redis. Its leases run
             # out by themselves (a budget lease is then charged in full).
             log.warning("could not settle request %s in Redis (%s); its reservation "
-                        "expires with its lease", reservation.request_id, e)
-            self._down(e)
-        else:
-            self._up()
+                        "expires with its lease", reservation.request_id, self.last_error)
 
     # -- plumbing ------------------------------------------------------------------
 
@@ -212,14 +204,25 @@ class RedisStore(Store):
                          c.expire_at_ms]
         return args
 
-    async def _eval(self, tenant: str, checks: Sequence[Check], args: list[str | int]) -> Any:
+    async def _call(self, tenant: str, checks: Sequence[Check], args: list[str | int]
+                    ) -> Any | None:
+        """The script's reply, or None when Redis was skipped (down) or failed now."""
         keys = [k for c in checks for k in self._keys.of(tenant, c)]
         client = cast(Any, self._client)  # redis-py's sync/async union types
-        async with asyncio.timeout(self._timeout_s):
+        async with self._slots:
+            if not self._should_try():
+                return None
             try:
-                return await client.evalsha(SCRIPT_SHA, len(keys), *keys, *args)
-            except NoScriptError:
-                return await client.eval(SCRIPT, len(keys), *keys, *args)
+                async with asyncio.timeout(self._timeout_s):
+                    try:
+                        raw = await client.evalsha(SCRIPT_SHA, len(keys), *keys, *args)
+                    except NoScriptError:
+                        raw = await client.eval(SCRIPT, len(keys), *keys, *args)
+            except _FAILURES as e:
+                self._down(e)
+                return None
+        self._up()
+        return raw
 
 
 def _verdict(raw: list[Any], checks: Sequence[Check]) -> Verdict:

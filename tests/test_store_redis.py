@@ -178,3 +178,15 @@ async def test_redis_stopped_and_restarted_under_load(server: RedisServer, mode:
     assert during in outcomes
     assert ("503" if mode == "open" else "local") not in outcomes
     await store.close()
+
+
+async def test_a_burst_larger_than_the_pool_queues_instead_of_failing_open() -> None:
+    store = RedisStore(SHARED_URL, unique_prefix(), max_connections=4)
+    now = time.time()
+    results = await asyncio.gather(*(
+        store.reserve("acme", f"r{i}", [Window("rpm", 100, 60_000, 1)], now=now, ttl_s=TTL)
+        for i in range(300)))
+    assert sum(r.verdict.granted for r in results) == 100
+    assert not any(r.verdict.local for r in results)
+    assert store.describe()["fallback_requests"] == 0
+    await store.close()
