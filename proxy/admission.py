@@ -60,6 +60,16 @@ class AdmissionMetrics:
             "Requests decided by per-replica counters because Redis was unreachable.",
             registry=registry)
         services.store.add_listener(self._store_event)
+        self._gauges: dict[tuple[str, str, str], Gauge] = {}
+
+    def budget(self, tenant: str, unit: str, remaining: float, ratio: float) -> None:
+        """Set both budget gauges; labelled children are cached (labels() takes a lock)."""
+        for name, family, value in (("left", self.budget_remaining, remaining),
+                                    ("ratio", self.budget_used_ratio, ratio)):
+            child = self._gauges.get((name, tenant, unit))
+            if child is None:
+                child = self._gauges[(name, tenant, unit)] = family.labels(tenant, unit)
+            child.set(value)
 
     def _store_event(self, event: str, detail: object) -> None:
         if event == "degraded":

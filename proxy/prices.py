@@ -62,7 +62,7 @@ class PriceBook:
 
     def __init__(self, table: Mapping[str, Any]) -> None:
         self._table = table
-        self._warned: set[str] = set()
+        self._prices: dict[tuple[str, str, float | None, float | None], Price] = {}
 
     @classmethod
     def bundled(cls) -> PriceBook:
@@ -89,13 +89,20 @@ class PriceBook:
 
     def price(self, deployment: Deployment) -> Price:
         """The deployment's price; free (with one warning) when nobody knows it."""
+        key = (deployment.provider, deployment.model, deployment.input_cost_per_token,
+               deployment.output_cost_per_token)
+        found = self._prices.get(key)
+        if found is None:
+            found = self._prices[key] = self._lookup(deployment)
+        return found
+
+    def _lookup(self, deployment: Deployment) -> Price:
         entry = self._entry(deployment) or {}
         inp = deployment.input_cost_per_token
         out = deployment.output_cost_per_token
         input_pico = _pico(inp if inp is not None else entry.get("input_cost_per_token"))
         output_pico = _pico(out if out is not None else entry.get("output_cost_per_token", 0))
-        if input_pico is None and deployment.label not in self._warned:
-            self._warned.add(deployment.label)
+        if input_pico is None:
             log.warning("no price known for %s: counted as free against USD budgets; set "
                         "input_cost_per_token/output_cost_per_token on the deployment",
                         deployment.label)

@@ -1,22 +1,25 @@
 -- Warden's counters: every limit of one request decided, and reserved, atomically.
 -- The same algorithm as MemoryStore in store.py (tests run one suite against both).
 --
--- ARGV: mode ("reserve" | "peek" | "settle"), now_ms, request_id, ttl_ms, n, then 7
--- values per check: kind, limit, amount, a, b, c, d
---   W (window):  a = window_ms
---   C (slots):   -
---   S (spend):   a = entry, b = entry_score_ms, c = cutoff_ms (-1: never), d = expire_at_ms
--- KEYS per check: W -> log zset, amounts hash; C -> lease zset;
---                 S -> spend zset, spend hash, lease zset, lease hash.
+-- KEYS[1]: the tenant's base key, PREFIX:{tenant}. Every key below is derived from it
+-- and shares its {tenant} hash tag, so all live in KEYS[1]'s Redis Cluster slot (a
+-- script may touch undeclared keys of its own slot). Passing one key and one spec
+-- string instead of ~50 arguments halves the client's cost of each call.
+-- ARGV: mode ("reserve" | "peek" | "settle"), now_ms, request_id, ttl_ms, spec.
+-- spec: checks separated by \30, fields by \31:
+--   W name limit amount window_ms                              (window: zset + hash)
+--   C name limit                                               (slots: zset)
+--   S name limit amount ledger entry entry_score cutoff expire (spend: 2 zsets + 2 hashes)
 -- A ledger is a zset (entry -> score) plus a hash (entry -> amount, and '~' -> total).
 -- In "settle" mode, amount is the actual amount ('' keeps the reserved one).
--- Returns {granted, denied_index, reason, retry_ms, then used, reserved, reset_ms per check}.
+-- Returns one string, fields separated by \31: granted, denied_index, reason, retry_ms,
+-- then used, reserved, reset_ms per check.
 
 local mode = ARGV[1]
 local now = tonumber(ARGV[2])
 local rid = ARGV[3]
 local ttl = tonumber(ARGV[4])
-local n = tonumber(ARGV[5])
+local base = KEYS[1]
 local TOTAL = '~'
 local BATCH = 500
 
@@ -69,22 +72,34 @@ local function oldest(z)
   return tonumber(first[2])
 end
 
--- Parse the checks and bind their keys.
-local checks = {}
-local k = 1
-for i = 1, n do
-  local b = 6 + (i - 1) * 7
-  local c = {kind = ARGV[b], limit = tonumber(ARGV[b + 1]), amount = ARGV[b + 2],
-             a = ARGV[b + 3], b = ARGV[b + 4], c = ARGV[b + 5], d = ARGV[b + 6]}
-  if c.kind == 'W' then
-    c.z, c.h = KEYS[k], KEYS[k + 1]; k = k + 2
-  elseif c.kind == 'C' then
-    c.z = KEYS[k]; k = k + 1
-  else
-    c.z, c.h, c.lz, c.lh = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]; k = k + 4
+local function split(text, sep)
+  local out, start = {}, 1
+  while true do
+    local i = string.find(text, sep, start, true)
+    if not i then out[#out + 1] = string.sub(text, start); return out end
+    out[#out + 1] = string.sub(text, start, i - 1)
+    start = i + 1
   end
-  checks[i] = c
 end
+
+-- Parse the checks and derive their keys (the names store.Keys gives them).
+local checks = {}
+for _, record in ipairs(ARGV[5] == '' and {} or split(ARGV[5], '\30')) do
+  local f = split(record, '\31')
+  local c = {kind = f[1], name = f[2], limit = tonumber(f[3]), amount = f[4] or ''}
+  if c.kind == 'W' then
+    c.a = f[5]
+    c.z, c.h = base .. ':w:' .. c.name .. ':z', base .. ':w:' .. c.name .. ':h'
+  elseif c.kind == 'C' then
+    c.z = base .. ':c:' .. c.name
+  else
+    c.a, c.b, c.c, c.d = f[6], f[7], f[8], f[9]
+    local spend, leases = base .. ':b:' .. c.name .. ':' .. f[5], base .. ':r:' .. c.name
+    c.z, c.h, c.lz, c.lh = spend .. ':z', spend .. ':h', leases .. ':z', leases .. ':h'
+  end
+  checks[#checks + 1] = c
+end
+local n = #checks
 
 if mode == 'settle' then
   for i = 1, n do
@@ -113,7 +128,7 @@ if mode == 'settle' then
       end
     end
   end
-  return {1, 0, '', 0}
+  return '1'
 end
 
 -- Evaluate every check (sweeping what has expired); remember the first refusal.
@@ -122,40 +137,45 @@ for i = 1, n do
   local c = checks[i]
   local why, wait = '', 0
   local amount = tonumber(c.amount)
+  c.reserved = 0
   if c.kind == 'W' then
     local cutoff = now - tonumber(c.a)
     sweep(c.z, c.h, cutoff)
-    c.held = redis.call('HEXISTS', c.h, rid) == 1
-    local used = total(c.h)
+    local got = redis.call('HMGET', c.h, rid, TOTAL)
+    c.held, c.used = got[1] ~= false, tonumber(got[2] or '0')
     if not c.held then
       if amount > c.limit then
         why = 'too_large'
-      elseif used + amount > c.limit then
-        why, wait = 'limit', time_to_free(c.z, c.h, used + amount - c.limit, cutoff)
+      elseif c.used + amount > c.limit then
+        why, wait = 'limit', time_to_free(c.z, c.h, c.used + amount - c.limit, cutoff)
       end
     end
   elseif c.kind == 'C' then
     redis.call('ZREMRANGEBYSCORE', c.z, '-inf', now)
     c.held = redis.call('ZSCORE', c.z, rid) ~= false
-    if not c.held and redis.call('ZCARD', c.z) + 1 > c.limit then
+    c.used = redis.call('ZCARD', c.z)
+    if not c.held and c.used + 1 > c.limit then
       why, wait = 'limit', 1000
     end
   else
     local expired = sweep(c.lz, c.lh, now)
-    if expired ~= 0 then add(c.z, c.h, c.a, expired, c.b) end  -- leases nobody settled
     local expire_at = tonumber(c.d)
-    if expire_at > 0 then
-      redis.call('PEXPIREAT', c.z, expire_at); redis.call('PEXPIREAT', c.h, expire_at)
+    if expired ~= 0 then  -- leases nobody settled: charged in full
+      add(c.z, c.h, c.a, expired, c.b)
+      if expire_at > 0 then
+        redis.call('PEXPIREAT', c.z, expire_at); redis.call('PEXPIREAT', c.h, expire_at)
+      end
     end
     local cutoff = tonumber(c.c)
     if cutoff ~= -1 then sweep(c.z, c.h, cutoff) end
-    c.held = redis.call('HEXISTS', c.lh, rid) == 1
-    local spent = total(c.h)
+    local got = redis.call('HMGET', c.lh, rid, TOTAL)
+    c.held, c.reserved = got[1] ~= false, tonumber(got[2] or '0')
+    c.used = total(c.h)
     if not c.held then
-      if spent + amount > c.limit then
+      if c.used + amount > c.limit then
         why = 'exhausted'
-        if cutoff ~= -1 then wait = time_to_free(c.z, c.h, spent + amount - c.limit, cutoff) end
-      elseif spent + total(c.lh) + amount > c.limit then
+        if cutoff ~= -1 then wait = time_to_free(c.z, c.h, c.used + amount - c.limit, cutoff) end
+      elseif c.used + c.reserved + amount > c.limit then
         why, wait = 'held', 1000
       end
     end
@@ -164,43 +184,44 @@ for i = 1, n do
 end
 
 -- Reserve everything, or nothing.
-if denied == 0 and mode == 'reserve' then
+local committed = denied == 0 and mode == 'reserve'
+if committed then
   for i = 1, n do
     local c = checks[i]
     if not c.held then
+      local amount = tonumber(c.amount)
       if c.kind == 'W' then
-        add(c.z, c.h, rid, tonumber(c.amount), now)
+        redis.call('ZADD', c.z, now, rid)
+        redis.call('HSET', c.h, rid, int(amount), TOTAL, int(c.used + amount))
         local keep = tonumber(c.a) + 60000
         redis.call('PEXPIRE', c.z, keep); redis.call('PEXPIRE', c.h, keep)
+        if c.used == 0 then c.first = now end
+        c.used = c.used + amount
       elseif c.kind == 'C' then
         redis.call('ZADD', c.z, now + ttl, rid)
         redis.call('PEXPIRE', c.z, ttl + 60000)
+        c.used = c.used + 1
       else
-        add(c.lz, c.lh, rid, tonumber(c.amount), now + ttl)
+        redis.call('ZADD', c.lz, now + ttl, rid)
+        redis.call('HSET', c.lh, rid, int(amount), TOTAL, int(c.reserved + amount))
         redis.call('PEXPIRE', c.lz, ttl + 86400000); redis.call('PEXPIRE', c.lh, ttl + 86400000)
+        c.reserved = c.reserved + amount
       end
     end
   end
 end
 
-local out = {denied == 0 and 1 or 0, denied, reason, retry}
+local out = {committed and 1 or (denied == 0 and 1 or 0), denied, reason, int(retry)}
 for i = 1, n do
   local c = checks[i]
-  local used, reserved, reset = 0, 0, 0
+  local reset = 0
   if c.kind == 'W' then
-    used = total(c.h)
-    local first = oldest(c.z)
+    local first = c.first or oldest(c.z)
     if first then reset = math.max(0, first + tonumber(c.a) - now) end
-  elseif c.kind == 'C' then
-    used = redis.call('ZCARD', c.z)
-  else
-    used, reserved = total(c.h), total(c.lh)
-    local cutoff = tonumber(c.c)
-    if cutoff ~= -1 then
-      local first = oldest(c.z)
-      if first then reset = math.max(0, first - cutoff) end
-    end
+  elseif c.kind == 'S' and tonumber(c.c) ~= -1 then
+    local first = oldest(c.z)
+    if first then reset = math.max(0, first - tonumber(c.c)) end
   end
-  out[#out + 1] = used; out[#out + 1] = reserved; out[#out + 1] = reset
+  out[#out + 1] = int(c.used); out[#out + 1] = int(c.reserved); out[#out + 1] = int(reset)
 end
-return out
+return table.concat(out, '\31')

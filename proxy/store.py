@@ -190,8 +190,11 @@ class Keys:
             raise ValueError("the Redis key prefix must not contain braces (hash tags)")
         self.prefix = prefix
 
+    def base(self, tenant: str) -> str:
+        return f"{self.prefix}:{{{tenant}}}"
+
     def of(self, tenant: str, check: Check) -> list[str]:
-        base = f"{self.prefix}:{{{tenant}}}"
+        base = self.base(tenant)
         if isinstance(check, Window):
             return [f"{base}:w:{check.name}:z", f"{base}:w:{check.name}:h"]
         if isinstance(check, Slots):
@@ -362,8 +365,8 @@ class MemoryStore(Store):
         expired = held.sweep(now_ms)
         if expired:  # leases of requests nobody settled: charge them in full
             spend.add(check.entry, expired, check.entry_score_ms)
-        if check.expire_at_ms:
-            spend.expire_at = check.expire_at_ms
+            if check.expire_at_ms:
+                spend.expire_at = check.expire_at_ms
         if check.cutoff_ms != NO_SWEEP:
             spend.sweep(check.cutoff_ms)
         plan.held = rid in held.scores

@@ -55,6 +55,7 @@ SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
 _FAILURES = (RedisError, RedisClusterException, OSError, TimeoutError)
 _CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 _WARN_EVERY_S = 30.0
+_RS, _US = "\x1e", "\x1f"  # record and unit separators of the script's spec string
 
 
 class RedisStore(Store):
@@ -186,28 +187,28 @@ class RedisStore(Store):
 
     def _args(self, mode: str, rid: str, checks: Sequence[Check], now: float, ttl_s: float,
               actual: Mapping[str, int] | None) -> list[str | int]:
-        args: list[str | int] = [mode, math.floor(now * 1000), rid, math.floor(ttl_s * 1000),
-                                 len(checks)]
+        records = []
         for c in checks:
             amount: str | int
             if actual is not None:
                 value = actual.get(c.name)
                 amount = "" if value is None else value
             else:
-                amount = 1 if isinstance(c, Slots) else c.amount
+                amount = 0 if isinstance(c, Slots) else c.amount
             if isinstance(c, Window):
-                args += ["W", c.limit, amount, c.window_ms, "", "", ""]
+                fields: tuple[object, ...] = ("W", c.name, c.limit, amount, c.window_ms)
             elif isinstance(c, Slots):
-                args += ["C", c.limit, amount, "", "", "", ""]
+                fields = ("C", c.name, c.limit)
             else:
-                args += ["S", c.limit, amount, c.entry, c.entry_score_ms, c.cutoff_ms,
-                         c.expire_at_ms]
-        return args
+                fields = ("S", c.name, c.limit, amount, c.ledger, c.entry, c.entry_score_ms,
+                          c.cutoff_ms, c.expire_at_ms)
+            records.append(_US.join(map(str, fields)))
+        return [mode, math.floor(now * 1000), rid, math.floor(ttl_s * 1000), _RS.join(records)]
 
     async def _call(self, tenant: str, checks: Sequence[Check], args: list[str | int]
                     ) -> Any | None:
         """The script's reply, or None when Redis was skipped (down) or failed now."""
-        keys = [k for c in checks for k in self._keys.of(tenant, c)]
+        base = self._keys.base(tenant)
         client = cast(Any, self._client)  # redis-py's sync/async union types
         async with self._slots:
             if not self._should_try():
@@ -215,9 +216,9 @@ class RedisStore(Store):
             try:
                 async with asyncio.timeout(self._timeout_s):
                     try:
-                        raw = await client.evalsha(SCRIPT_SHA, len(keys), *keys, *args)
+                        raw = await client.evalsha(SCRIPT_SHA, 1, base, *args)
                     except NoScriptError:
-                        raw = await client.eval(SCRIPT, len(keys), *keys, *args)
+                        raw = await client.eval(SCRIPT, 1, base, *args)
             except _FAILURES as e:
                 self._down(e)
                 return None
@@ -225,15 +226,15 @@ class RedisStore(Store):
         return raw
 
 
-def _verdict(raw: list[Any], checks: Sequence[Check]) -> Verdict:
-    granted, denied_index, reason, retry_ms = raw[:4]
+def _verdict(raw: bytes | str, checks: Sequence[Check]) -> Verdict:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    granted, denied_index, reason, retry_ms, *rest = text.split(_US)
     states: dict[str, State] = {}
     for i, check in enumerate(checks):
-        used, reserved, reset_ms = raw[4 + 3 * i: 7 + 3 * i]
+        used, reserved, reset_ms = rest[3 * i: 3 * i + 3]
         states[check.name] = State(int(used), check.limit, int(reserved), int(reset_ms) / 1000)
-    why = reason.decode() if isinstance(reason, bytes) else str(reason)
+    index = int(denied_index)
     return Verdict(
-        granted=bool(granted), states=states,
-        denied=checks[int(denied_index) - 1].name if int(denied_index) else None,
-        reason=cast(DenyReason, why), retry_after_s=max(0, int(retry_ms)) / 1000,
+        granted=granted == "1", states=states, denied=checks[index - 1].name if index else None,
+        reason=cast(DenyReason, reason), retry_after_s=max(0, int(retry_ms)) / 1000,
     )

@@ -25,6 +25,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is valid and free too."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
 def dead_url() -> str:
     """A Redis URL where nothing listens (connection refused at once)."""
     return f"redis://127.0.0.1:{free_port()}/0"
@@ -108,3 +122,38 @@ class Monitor:
             if "[" in line and " lua]" not in line:
                 commands.append(line.split("] ", 1)[1].split(" ", 1)[0].strip('"').lower())
         return commands
+
+
+class RedisCluster:
+    """Three private masters in cluster mode (no replicas), on free ports."""
+
+    def __init__(self, workdir: Path) -> None:
+        options = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+        self.nodes = [RedisServer(workdir / f"n{i}", free_cluster_port(), *options)
+                      for i in range(3)]
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
+
+    def start(self) -> RedisCluster:
+        for node in self.nodes:
+            node.start()
+        exe = shutil.which("redis-cli")
+        if exe is None:
+            raise RuntimeError("redis-cli is not installed")
+        subprocess.run([exe, "--cluster", "create",
+                        *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                        "--cluster-replicas", "0", "--cluster-yes"],
+                       check=True, capture_output=True, timeout=30)
+        deadline = time.monotonic() + 15
+        while any(b"cluster_state:ok" not in n.client().execute_command("CLUSTER", "INFO")
+                  for n in self.nodes):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the cluster did not converge")
+            time.sleep(0.1)
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()

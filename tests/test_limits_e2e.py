@@ -4,6 +4,7 @@ also when clients hang up mid-stream and when one replica is SIGKILLed mid-reque
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -41,8 +42,10 @@ class Fleet:
         self.mock_url = f"http://127.0.0.1:{mock_port}"
         policies = write_policies(self.tmp / "policies",
                                   tenant_policy(self.mock_url, **self.sections))
-        env = env_for_subprocess(WARDEN_REDIS_URL=SHARED_URL, WARDEN_REDIS_PREFIX=self.prefix,
-                                 WARDEN_RESERVATION_TTL_S=str(TTL_S), WARDEN_ACCESS_LOG="false", WARDEN_LOG_LEVEL="warning")
+        env = env_for_subprocess(
+            WARDEN_REDIS_URL=SHARED_URL, WARDEN_REDIS_PREFIX=self.prefix,
+            WARDEN_RESERVATION_TTL_S=str(TTL_S), WARDEN_ACCESS_LOG="false",
+            WARDEN_LOG_LEVEL="warning")
         for _ in range(2):
             proc, port = self.stack.enter_context(
                 spawn("serve", "--port", "0", "--policies", str(policies), env=env))
@@ -141,10 +144,8 @@ class Stream:
 
     async def until_cut(self) -> None:
         assert self.response is not None
-        try:
+        with contextlib.suppress(aiohttp.ClientError, ConnectionError):
             await self.response.content.read()
-        except (aiohttp.ClientError, ConnectionError):
-            pass
 
     def hang_up(self) -> None:
         assert self.response is not None

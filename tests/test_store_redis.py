@@ -16,7 +16,14 @@ import redis
 from proxy.errors import ServiceUnavailable
 from proxy.store import Slots, Spend, Window, create_store
 from proxy.store_redis import RedisStore
-from tests.redis_support import SHARED_URL, Monitor, RedisServer, dead_url, unique_prefix
+from tests.redis_support import (
+    SHARED_URL,
+    Monitor,
+    RedisCluster,
+    RedisServer,
+    dead_url,
+    unique_prefix,
+)
 
 TTL = 30.0
 
@@ -190,3 +197,28 @@ async def test_a_burst_larger_than_the_pool_queues_instead_of_failing_open() -> 
     assert not any(r.verdict.local for r in results)
     assert store.describe()["fallback_requests"] == 0
     await store.close()
+
+
+@pytest.mark.slow
+async def test_the_same_script_runs_on_a_redis_cluster(tmp_path: Path) -> None:
+    cluster = RedisCluster(tmp_path).start()
+    try:
+        store = create_store(cluster.url, unique_prefix())
+        assert store.describe()["cluster"] is True
+        tenants = [f"tenant{i}" for i in range(8)]  # spread over the three masters
+        for tenant in tenants:
+            limited = [Window("rpm", 3, 60_000, 1), *checks()[1:]]
+            results = [await store.reserve(tenant, f"r{i}", limited, now=time.time(),
+                                           ttl_s=TTL) for i in range(5)]
+            assert [r.verdict.granted for r in results] == [True, True, True, False, False]
+            await store.settle(results[0], {"tpm": 1, "usd": 7}, now=time.time())
+            peek = await store.reserve(tenant, "p", limited, now=time.time(), ttl_s=TTL,
+                                       dry_run=True)
+            assert peek.verdict.states["usd"].used == 7
+            assert peek.verdict.states["usd"].reserved == 2 * 500
+        assert not store.describe()["degraded"]
+        sizes = [n.client().dbsize() for n in cluster.nodes]
+        assert sum(1 for size in sizes if size) >= 2, sizes  # tenants live on several nodes
+        await store.close()
+    finally:
+        cluster.stop()

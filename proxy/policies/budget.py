@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, model_validator
 
 from proxy.admission import AdmissionPolicy, billed, go_duration
-from proxy.context import RequestContext
+from proxy.context import RequestContext, StateKey
 from proxy.errors import QuotaExceeded, RateLimited, WardenError
 from proxy.prices import FREE, NANO_PER_USD, Price
 from proxy.store import NO_SWEEP, Check, Spend, Verdict
@@ -112,6 +112,9 @@ def period_at(now: float, period: PeriodName, rolling: bool) -> Period:
     return Period(ledger, "s", end_ms, NO_SWEEP, end_ms + 86_400_000, end)
 
 
+PERIOD: StateKey[Period] = StateKey("budget.period")
+
+
 def cap_field(ctx: RequestContext) -> str:
     for d in ctx.deployments:
         if d.fast and _REASONING.match(d.model.rsplit("/", 1)[-1]):
@@ -149,9 +152,18 @@ class BudgetPolicy(AdmissionPolicy):
         ctx.body[cap_field(ctx)] = cap
         ctx.decide(self.name, "cap", "max_tokens", max_tokens=cap)
 
+    def _period(self, ctx: RequestContext) -> Period:
+        """The period this request counts in, decided once (a reset mid-request moves
+        nothing: its reservation and its settle go to the same ledger)."""
+        period = ctx.get(PERIOD)
+        if period is None:
+            period = period_at(self.clock(), self.config.period, self.config.rolling)
+            ctx.set(PERIOD, period)
+        return period
+
     async def checks(self, ctx: RequestContext) -> list[Check]:
         worst = await estimate(ctx, self.tokens, DEFAULT_MAX_OUTPUT, self.services.executor)
-        period = period_at(self.clock(), self.config.period, self.config.rolling)
+        period = self._period(ctx)
         checks: list[Check] = []
         if self.usd_nano is not None:
             cost = self._price(ctx, worst).cost_nano(worst.prompt, worst.max_output)
@@ -173,12 +185,11 @@ class BudgetPolicy(AdmissionPolicy):
             left = state.remaining
             parts.append(f"usd={left / NANO_PER_USD:.9f}" if unit == "usd" else f"tokens={left}")
             ratio = min(1.0, (state.used + state.reserved) / state.limit)
-            self.metrics.budget_remaining.labels(ctx.tenant_name, unit).set(
-                left / NANO_PER_USD if unit == "usd" else left)
-            self.metrics.budget_used_ratio.labels(ctx.tenant_name, unit).set(ratio)
+            self.metrics.budget(ctx.tenant_name, unit,
+                                left / NANO_PER_USD if unit == "usd" else left, ratio)
             soft = soft or ratio >= self.config.soft_threshold
         ctx.response_headers["x-warden-budget-remaining"] = ", ".join(parts)
-        period = period_at(self.clock(), self.config.period, self.config.rolling)
+        period = self._period(ctx)
         if period.resets_at is not None:
             ctx.response_headers["x-warden-budget-reset"] = f"{period.resets_at:%Y-%m-%dT%H:%M:%SZ}"
         if soft and verdict.granted:
@@ -208,23 +219,18 @@ class BudgetPolicy(AdmissionPolicy):
                 retry_after_s=verdict.retry_after_s or 1.0)
         return QuotaExceeded(
             f"Budget exhausted for tenant {ctx.tenant_name}: {fmt(state.used)} of "
-            f"{fmt(state.limit)} spent {self._when(verdict)}; {needs}. Lower max_tokens, "
-            "or wait for the budget to reset.",
-            headers=self._reset_header(verdict))
+            f"{fmt(state.limit)} spent {self._when(ctx, verdict)}; {needs}. Lower "
+            "max_tokens, or wait for the budget to reset.",
+            headers={k: v for k, v in ctx.response_headers.items()
+                     if k == "x-warden-budget-reset"})
 
-    def _when(self, verdict: Verdict) -> str:
-        period = period_at(self.clock(), self.config.period, self.config.rolling)
+    def _when(self, ctx: RequestContext, verdict: Verdict) -> str:
+        period = self._period(ctx)
         if period.resets_at is not None:
             return (f"this {self.config.period} (it resets at "
                     f"{period.resets_at:%Y-%m-%dT%H:%M:%SZ})")
         return (f"in the rolling {self.config.period} (enough frees up in "
                 f"{go_duration(verdict.retry_after_s)})")
-
-    def _reset_header(self, verdict: Verdict) -> dict[str, str]:
-        period = period_at(self.clock(), self.config.period, self.config.rolling)
-        if period.resets_at is None:
-            return {}
-        return {"x-warden-budget-reset": f"{period.resets_at:%Y-%m-%dT%H:%M:%SZ}"}
 
     def actual(self, ctx: RequestContext) -> dict[str, int]:
         worst = ctx.get(ESTIMATE)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from proxy.admission import AdmissionPolicy, billed, go_duration
 from proxy.context import RequestContext
@@ -54,6 +54,14 @@ class Rates(Frozen):
 class LimitsConfig(Rates):
     models: dict[str, Rates] = Field(
         default_factory=dict, description="Per-model limits, on top of the tenant-wide ones.")
+
+    @field_validator("models")
+    @classmethod
+    def _names(cls, models: dict[str, Rates]) -> dict[str, Rates]:
+        for name in models:
+            if not name or any(ord(ch) < 0x20 for ch in name):
+                raise ValueError(f"model name {name!r} is empty or has control characters")
+        return models
 
     @model_validator(mode="after")
     def _something(self) -> LimitsConfig:
