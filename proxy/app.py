@@ -14,13 +14,15 @@ from aiohttp import web
 from proxy.appkeys import POLICIES, SERVICES, SETTINGS, UPSTREAM
 from proxy.errors import BadRequest, PayloadTooLarge, WardenError
 from proxy.metrics import Metrics
+from proxy.reload import reload_ctx
 from proxy.routes import add_routes
 from proxy.services import Services
 from proxy.settings import Settings
 from proxy.store import create_store
 from proxy.tenants import PolicyHolder, PolicySet, load_policy_set
 from proxy.upstream.failover import Upstream
-from proxy.upstream.openai import OpenAITransport, create_session
+from proxy.upstream.http1 import Client
+from proxy.upstream.openai import OpenAITransport
 from proxy.upstream.translated import TranslatedTransport
 
 log = logging.getLogger("warden.app")
@@ -66,7 +68,7 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
 async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     translated = TranslatedTransport()
-    upstream = Upstream(OpenAITransport(create_session(settings.upstream_pool_size)), translated)
+    upstream = Upstream(OpenAITransport(Client(settings.upstream_pool_size)), translated)
     app[UPSTREAM] = upstream
     if _needs_translation(app[POLICIES].current):
         await translated.warm()  # pay litellm's import before the first request, not in it
@@ -105,6 +107,7 @@ def create_app(settings: Settings, services: Services | None = None) -> web.Appl
     app[POLICIES] = PolicyHolder(load_policy_set(settings.policies_dir, services))
     app.cleanup_ctx.append(_services_ctx)
     app.cleanup_ctx.append(_upstream_ctx)
+    app.cleanup_ctx.append(reload_ctx)  # last in, first out: stops before services close
     add_routes(app)
     return app
 

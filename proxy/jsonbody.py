@@ -1,4 +1,10 @@
-"""JSON in and out, with the failure modes of hostile input turned into BadRequest."""
+"""JSON in and out, with the failure modes of hostile input turned into BadRequest.
+
+The decoder and encoder are built once: ``json.loads(..., parse_constant=...)`` builds
+a new decoder on every call, which costs more than parsing a typical request body.
+The stdlib is kept (not orjson) because it round-trips integers of any size exactly;
+a proxy must not turn ``"seed": 99999999999999999999999`` into ``1e+23``.
+"""
 
 from __future__ import annotations
 
@@ -12,22 +18,33 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def loads(raw: bytes) -> Any:
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
-    except RecursionError:
-        raise BadRequest("request body is nested too deeply") from None
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequest("request body is not valid UTF-8") from None
+    try:
+        return _DECODER.decode(text)
+    except RecursionError:
+        raise BadRequest("request body is nested too deeply") from None
     except ValueError as e:
         raise BadRequest(f"request body is not valid JSON: {e}") from None
+
+
+def loads_reply(raw: bytes) -> Any:
+    """Parse a provider's reply; ValueError (incl. bad UTF-8) when it is not JSON."""
+    return _DECODER.decode(raw.decode("utf-8"))
 
 
 def dumps(obj: Any) -> bytes:
     """Compact UTF-8 JSON; a lone surrogate (legal in JSON text, illegal in UTF-8)
     becomes a 400, not a crash."""
     try:
-        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+        return _ENCODER.encode(obj).encode()
     except UnicodeEncodeError:
         raise BadRequest("request contains invalid Unicode (an unpaired surrogate)") from None
     except RecursionError:

@@ -12,8 +12,9 @@ them without Warden forwarding anything special::
 
 Keys: status, retry_after, retry_after_ms, hang, reset_after (chunks), garbage,
 truncate, latency_ms, first_byte_ms, chunks, chunk_delay_ms, fail_rate, no_usage,
-error_after (send an error event after N chunks). ``POST /_mock/faults`` sets a spec
-for every request (``{}`` clears); ``GET /_mock/requests`` lists request bodies
+error_after (send an error event after N chunks), raw (reply with the text alone, no
+"Echo: ": a JSON document sent is a JSON document answered). ``POST /_mock/faults``
+sets a spec for every request (``{}`` clears); ``GET /_mock/requests`` lists request bodies
 received (``DELETE`` clears), which is how tests prove what reached "the provider".
 """
 
@@ -51,6 +52,7 @@ class Spec:
     fail_rate: float = 0.0
     no_usage: bool = False
     error_after: int | None = None
+    raw: bool = False
 
     @classmethod
     def parse(cls, text: str, base: Spec) -> Spec:
@@ -162,6 +164,8 @@ class Mock:
             if early is not None:
                 return early
             content, calls = self.reply_for(body)
+            if spec.raw:
+                content = content.removeprefix("Echo: ")
             usage = {"prompt_tokens": tokens(prompt_text(body["messages"])),
                      "completion_tokens": tokens(content) if content else 8}
             usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]

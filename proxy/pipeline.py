@@ -24,6 +24,16 @@ log = logging.getLogger("warden.pipeline")
 Chunk = dict[str, Any]
 
 
+class RetryUpstream(Exception):
+    """Raised by ``on_response`` to ask for one more upstream call with the unchanged
+    body. The second reply runs through every entered policy's ``on_response`` again,
+    so a policy inside the raising one (later in ``ORDER``, e.g. ``pii``) sees two
+    replies for one request. The route retries at most once per request, so a policy
+    must refuse (not ask again) when the second reply fails too. Not for stream hooks:
+    a stream's head is already sent by then.
+    """
+
+
 class Policy:
     """Base class of a policy. Override only the hooks you need.
 

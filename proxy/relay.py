@@ -8,13 +8,13 @@ would have sent it. Chunks no policy needs are relayed as the exact upstream byt
 
 from __future__ import annotations
 
-import json
+import contextlib
 import time
 from typing import Any
 
 from aiohttp import web
 
-from proxy import sse
+from proxy import jsonbody, sse
 from proxy.context import RequestContext, Usage
 from proxy.errors import UpstreamFailed, WardenError
 from proxy.pipeline import Chain
@@ -73,7 +73,7 @@ class StreamRelay:
                         break
             return raw
         try:
-            chunk = json.loads(data)
+            chunk = jsonbody.loads_reply(data)
         except ValueError:
             raise UpstreamError("bad_reply", "provider sent a stream event that is not JSON") \
                 from None
@@ -115,9 +115,17 @@ async def relay_stream(
     error event and a clean close. A client that hangs up closes the upstream stream.
     """
     relay = StreamRelay(ctx, chain)
-    first = relay.event(stream.first)
-    response.headers.update(ctx.response_headers)
-    await response.prepare(request)
+    try:
+        first = relay.event(stream.first)
+        response.headers.update(ctx.response_headers)
+        await response.prepare(request)
+    except UpstreamError as e:
+        await stream.aclose()
+        raise UpstreamFailed(f"provider stream is unreadable: {e}") from None
+    except BaseException:
+        # Nothing was sent yet: the route turns this into an ordinary error reply.
+        await stream.aclose()
+        raise
     ctx.status = 200
     try:
         if first:
@@ -167,7 +175,5 @@ async def _after_first(stream: PrefetchedStream, relay: StreamRelay) -> Any:
 
 
 async def _write_quietly(response: web.StreamResponse, data: bytes) -> None:
-    try:
+    with contextlib.suppress(ConnectionError):  # the client may be gone already
         await response.write(data)
-    except (ConnectionResetError, ConnectionError):
-        pass

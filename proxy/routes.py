@@ -8,17 +8,18 @@ the tenant's chain of request hooks -> upstream (with failover) -> the chain in 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import os
 import re
 import time
-import uuid
 from typing import Any
 
 from aiohttp import web
 
 from proxy import jsonbody, validate
 from proxy.appkeys import POLICIES, SERVICES, SETTINGS, UPSTREAM
-from proxy.context import Operation, RequestContext
+from proxy.context import Operation, RequestContext, Usage
 from proxy.errors import (
     BadRequest,
     ModelNotFound,
@@ -27,7 +28,7 @@ from proxy.errors import (
     UpstreamFailed,
     WardenError,
 )
-from proxy.pipeline import Chain
+from proxy.pipeline import Chain, RetryUpstream
 from proxy.policies.auth import authenticate
 from proxy.relay import force_stream_usage, relay_stream, usage_of
 from proxy.upstream.base import UpstreamError, UpstreamReply
@@ -39,11 +40,26 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _IDENTITY_HEADERS = ("x-warden-agent", "x-warden-conversation")
 
 
+class RequestIds:
+    """Generated ids: a random per-app prefix and a counter. Unique across replicas
+    without a uuid4 (a getrandom syscall) per request."""
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._counter = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._counter):016x}"
+
+
+REQUEST_IDS = web.AppKey("request_ids", RequestIds)
+
+
 def request_id(request: web.Request) -> str:
     incoming = request.headers.get("x-request-id")
     if incoming and _REQUEST_ID.match(incoming):
         return incoming
-    return uuid.uuid4().hex
+    return request.app[REQUEST_IDS].next()
 
 
 def error_response(error: WardenError, ctx: RequestContext | None = None) -> web.Response:
@@ -78,9 +94,18 @@ async def proxied(request: web.Request, operation: Operation) -> web.StreamRespo
             ctx.client_headers[name] = request.headers[name][:128]
     chain = Chain()
     try:
-        return await _proxied(request, ctx, chain)
-    except WardenError as e:
-        return error_response(e, ctx)
+        try:
+            response = await _proxied(request, ctx, chain)
+        except WardenError as e:
+            response = error_response(e, ctx)
+        if not response.prepared:
+            # Send now: settling budgets and writing telemetry must not delay the agent.
+            try:
+                await response.prepare(request)
+                await response.write_eof()
+            except ConnectionError:
+                ctx.client_disconnected = True
+        return response
     except asyncio.CancelledError:
         ctx.client_disconnected = True
         ctx.status = ctx.status or 499
@@ -114,7 +139,19 @@ async def _proxied(request: web.Request, ctx: RequestContext, chain: Chain) -> w
         force_stream_usage(ctx)
     result = await app[UPSTREAM].call(ctx, ctx.body)
     if isinstance(result, UpstreamReply):
-        return await _reply(ctx, chain, result)
+        try:
+            return await _reply(ctx, chain, result)
+        except RetryUpstream:
+            # A response hook rejected the reply (an output contract): one more call
+            # with the same body; both calls' tokens count.
+            spent = ctx.usage
+        again = await app[UPSTREAM].call(ctx, ctx.body)
+        if not isinstance(again, UpstreamReply):
+            raise UpstreamFailed("provider streamed a reply to a plain request")
+        try:
+            return await _reply(ctx, chain, again, spent)
+        except RetryUpstream:  # a policy must refuse the second time; never loop
+            raise UpstreamFailed("the provider's reply was rejected twice") from None
     response = web.StreamResponse(status=200, headers=_head(ctx, "text/event-stream"))
     response.headers["Cache-Control"] = "no-cache"
     await relay_stream(request, response, ctx, chain, result)
@@ -130,7 +167,9 @@ def _head(ctx: RequestContext, content_type: str) -> dict[str, str]:
     return headers
 
 
-async def _reply(ctx: RequestContext, chain: Chain, reply: UpstreamReply) -> web.Response:
+async def _reply(
+    ctx: RequestContext, chain: Chain, reply: UpstreamReply, spent: Usage | None = None
+) -> web.Response:
     try:
         payload = reply.json()
     except UpstreamError as e:
@@ -146,6 +185,10 @@ async def _reply(ctx: RequestContext, chain: Chain, reply: UpstreamReply) -> web
         return web.Response(body=reply.body, status=reply.status,
                             headers={**reply.headers, **_head(ctx, "application/json")})
     ctx.usage = usage_of(payload)
+    if spent is not None:  # an earlier attempt of this request, rejected by a policy
+        ctx.usage = Usage(spent.prompt_tokens + (ctx.usage.prompt_tokens if ctx.usage else 0),
+                          spent.completion_tokens
+                          + (ctx.usage.completion_tokens if ctx.usage else 0))
     model = payload.get("model")
     ctx.response_model = model if isinstance(model, str) else None
     body = reply.body
@@ -224,6 +267,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
+    app[REQUEST_IDS] = RequestIds()
     for prefix in ("/v1", ""):
         app.router.add_post(f"{prefix}/chat/completions", chat_completions)
         app.router.add_post(f"{prefix}/embeddings", embeddings)

@@ -19,6 +19,10 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address the proxy listens on.")
     port: int = Field(8080, ge=0, le=65535, description="Proxy port (0 picks a free one).")
     policies_dir: Path = Field(Path("policies"), description="Directory of tenant YAML files.")
+    policy_reload_interval_s: float = Field(
+        1.0, ge=0, description="How often the policies directory is checked for changes "
+        "(0: never; SIGHUP still reloads)."
+    )
     max_body_bytes: int = Field(
         8 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above)."
     )

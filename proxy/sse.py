@@ -57,7 +57,8 @@ def event_data(event: bytes) -> bytes | None:
 
 
 def encode(payload: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+    data = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    return b"data: " + data + b"\n\n"
 
 
 def encode_done() -> bytes:

@@ -103,6 +103,8 @@ class Deployment(Frozen):
 from proxy.policies.budget import BudgetConfig  # noqa: E402
 from proxy.policies.limits import LimitsConfig  # noqa: E402
 from proxy.policies.loops import LoopsConfig  # noqa: E402
+from proxy.policies.output import OutputConfig  # noqa: E402
+from proxy.policies.scope import ScopeConfig  # noqa: E402
 
 
 class TenantConfig(Frozen):
@@ -115,6 +117,8 @@ class TenantConfig(Frozen):
     loops: LoopsConfig | None = None
     limits: LimitsConfig | None = None
     budget: BudgetConfig | None = None
+    scope: ScopeConfig | None = None
+    output: OutputConfig | None = None
 
     @field_validator("keys")
     @classmethod
@@ -169,14 +173,24 @@ class PolicySet:
     # digest compared with hmac.compare_digest: timing reveals nothing about the key.
     by_key: Mapping[bytes, Tenant] = field(default_factory=dict)
     loaded_from: Path | None = None
+    # Keys that authenticated recently -> tenant, so a busy agent does not pay a SHA-256
+    # per call. Only successes are cached (no growth from guessing); bounded; dropped
+    # with the whole set on reload, so a removed key stops working at once.
+    _recent: dict[str, Tenant] = field(default_factory=dict, repr=False)
 
     def authenticate(self, presented: str) -> Tenant | None:
+        cached = self._recent.get(presented)
+        if cached is not None:
+            return cached
         digest = key_digest(presented)
         tenant = self.by_key.get(digest)
         if tenant is None:
             return None
         for stored in tenant.config.keys:
             if hmac.compare_digest(stored_key_digest(stored), digest):
+                if len(self._recent) >= 4096:
+                    self._recent.clear()
+                self._recent[presented] = tenant
                 return tenant
         return None
 

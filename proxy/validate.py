@@ -28,17 +28,18 @@ def _int_field(body: dict[str, Any], name: str, minimum: int, maximum: int) -> N
         raise _fail(f"'{name}' must be between {minimum} and {maximum}, got {value}", name)
 
 
-def _common(body: Any) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise BadRequest(f"request body must be a JSON object, got {_json_type(body)}")
+def _common(raw: Any) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise BadRequest(f"request body must be a JSON object, got {_json_type(raw)}")
+    body: dict[str, Any] = raw
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise _fail("'model' is required and must be a non-empty string", "model")
     return body
 
 
-def chat(body: Any) -> dict[str, Any]:
-    body = _common(body)
+def chat(raw: Any) -> dict[str, Any]:
+    body = _common(raw)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise _fail("'messages' must be a non-empty array", "messages")
@@ -86,8 +87,8 @@ def chat(body: Any) -> dict[str, Any]:
     return body
 
 
-def embeddings(body: Any) -> dict[str, Any]:
-    body = _common(body)
+def embeddings(raw: Any) -> dict[str, Any]:
+    body = _common(raw)
     value = body.get("input")
     ok = isinstance(value, str) or (
         isinstance(value, list) and value and (

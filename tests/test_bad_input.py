@@ -163,5 +163,11 @@ def test_no_500_for_policy_dir_listing(tmp_path: Path) -> None:
     """An empty policy directory is a clear startup error, not a crash later."""
     from proxy.tenants import PolicyError, load_configs
 
-    with pytest.raises(PolicyError, match="no \\*.yaml policy files"):
+    with pytest.raises(PolicyError, match=r"no \*\.yaml policy files"):
         load_configs(tmp_path)
+
+
+def test_provider_garbage_to_a_stream_request_is_502(small_stack: Stack) -> None:
+    r = post(small_stack, json={"model": "gpt-4o-mini", "messages": OK_MSG, "stream": True},
+             headers={"Authorization": "Bearer vk-garbage-key"})
+    assert_error(r, 502, "upstream_error", "unreadable reply")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from tests.support import KEY, Stack, http_json
+from tests.support import KEY, Stack, http_json, tenant_policy
 
 MESSAGES = [{"role": "system", "content": "You are terse."},
             {"role": "user", "content": "Summarise the plan in one line."}]
@@ -156,3 +158,18 @@ def test_provider_credentials_come_from_the_deployment(stack: Stack) -> None:
     seen = http_json("GET", f"{stack.mock_url}/_mock/credentials")
     assert seen == ["Bearer sk-upstream-secret-openai", ""]
     assert all(KEY not in s for s in seen)
+
+
+def test_azure_deployment_url_and_key_shape(tmp_path: Path) -> None:
+    def policies(url: str) -> list[dict[str, Any]]:
+        t = tenant_policy(url)
+        t["models"]["gpt-4o-mini"] = [{"provider": "azure", "model": "my-gpt4o",
+                                       "api_base": url, "api_version": "2024-10-21",
+                                       "api_key": "env:WARDEN_TEST_OPENAI_KEY"}]
+        return [t]
+
+    with Stack(policies, tmp_path) as s:
+        reply = client(s).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        assert reply.choices[0].message.content == "Echo: Summarise the plan in one line."
+        assert http_json("GET", f"{s.mock_url}/_mock/credentials") == [
+            "sk-upstream-secret-openai"]  # sent as Azure's api-key header, not a Bearer

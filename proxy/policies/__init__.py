@@ -12,8 +12,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-# tenants.py imports every policy's config model; loading it first means importing a
-# policy module directly (tests do) finds tenants.Frozen already defined.
+# Policy modules subclass tenants.Frozen and tenants.py imports their config models:
+# loading tenants first makes `import proxy.policies.<key>` work as a first import.
 import proxy.tenants  # noqa: F401
 
 if TYPE_CHECKING:

@@ -20,8 +20,8 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
         if scheme.lower() == "bearer" and key.strip():
             return key.strip()
         return None
-    key = headers.get("api-key")
-    return key.strip() if key and key.strip() else None
+    alt = headers.get("api-key")
+    return alt.strip() if alt and alt.strip() else None
 
 
 def authenticate(policies: PolicySet, headers: Mapping[str, str]) -> Tenant:

@@ -10,11 +10,11 @@ caller.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from proxy import jsonbody
 from proxy.context import Operation
 from proxy.tenants import Deployment
 
@@ -39,7 +39,7 @@ class UpstreamReply:
         """Parsed body; raises UpstreamError when the provider sent garbage."""
         if self._parsed is None:
             try:
-                self._parsed = json.loads(self.body)
+                self._parsed = jsonbody.loads_reply(self.body)
             except ValueError:
                 raise UpstreamError("bad_reply", "provider sent a body that is not JSON") from None
         return self._parsed

@@ -9,6 +9,7 @@ own retries are off: failover is ``failover.py``'s job.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 from collections.abc import AsyncIterator
@@ -72,8 +73,9 @@ class TranslatedTransport:
                 return TranslatedStream(wrapper, deployment.timeouts.idle)
             else:
                 result = await litellm.acompletion(**kwargs)
-        except asyncio.TimeoutError:
-            raise UpstreamError("timeout", "provider did not answer in time", timeout=True) from None
+        except TimeoutError:
+            raise UpstreamError("timeout", "provider did not answer in time",
+                                timeout=True) from None
         except Exception as e:  # litellm maps provider errors onto its exception types
             return _error_reply(litellm, e)
         return UpstreamReply(200, jsonbody.dumps(_dump(result)))
@@ -103,7 +105,8 @@ def _error_reply(litellm: Any, exc: Exception) -> UpstreamReply:
     if isinstance(exc, litellm.Timeout):
         raise UpstreamError("timeout", "provider did not answer in time", timeout=True) from None
     if isinstance(exc, litellm.APIConnectionError) or not isinstance(status, int):
-        raise UpstreamError("connect_error", f"provider call failed: {type(exc).__name__}") from None
+        raise UpstreamError("connect_error",
+                            f"provider call failed: {type(exc).__name__}") from None
     message = str(getattr(exc, "message", "") or exc)
     body = {"error": {"message": message, "type": "upstream_error", "param": None,
                       "code": str(status)}}
@@ -126,17 +129,16 @@ class TranslatedStream:
                     chunk = await iterator.__anext__()
             except StopAsyncIteration:
                 break
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise UpstreamError("timeout", "provider stream stalled", timeout=True) from None
             except Exception as e:
-                raise UpstreamError("reset", f"provider stream failed: {type(e).__name__}") from None
+                raise UpstreamError("reset",
+                                    f"provider stream failed: {type(e).__name__}") from None
             yield sse.encode(_dump(chunk))
         yield sse.encode_done()
 
     async def aclose(self) -> None:
         close = getattr(self._wrapper, "aclose", None)
         if close is not None:
-            try:
+            with contextlib.suppress(Exception):  # closing a half-read stream: best effort
                 await close()
-            except Exception:  # closing a half-read litellm stream is best effort
-                pass
