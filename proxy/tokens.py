@@ -163,10 +163,22 @@ class TokenCounter:
         return 0
 
 
+def upstream_calls(ctx: RequestContext) -> int:
+    """How many provider calls this request may make: two when an output contract may
+    ask for one more (``on_failure: retry``; plain replies only, routes.py retries at
+    most once), else one. Both calls are billed, so both are in the worst case."""
+    output = getattr(ctx.tenant.config, "output", None) if ctx.tenant is not None else None
+    if output is None or ctx.stream or ctx.operation != "chat":
+        return 1
+    override = output.models.get(ctx.model)
+    on_failure = getattr(override, "on_failure", None) or output.on_failure
+    return 2 if on_failure == "retry" else 1
+
+
 @dataclass(frozen=True, slots=True)
 class Estimate:
     """The worst case of one request: prompt tokens (estimated) and the most output it
-    may produce (max_tokens times n)."""
+    may produce (max_tokens times n), times the provider calls it may make."""
 
     prompt: int
     max_output: int
@@ -204,6 +216,7 @@ async def estimate(ctx: RequestContext, counter: TokenCounter, default_max_outpu
         n = ctx.body.get("n")
         choices = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
         output = (requested_max_output(ctx.body) or default_max_output) * choices
-    result = Estimate(prompt=int(prompt * margin + 0.999), max_output=output)
+    calls = upstream_calls(ctx)
+    result = Estimate(prompt=int(prompt * margin + 0.999) * calls, max_output=output * calls)
     ctx.set(ESTIMATE, result)
     return result

@@ -82,3 +82,26 @@ async def test_estimate_is_worst_case_and_kept_on_the_context() -> None:
     found = await estimate(embed, counter, default_max_output=999)
     assert found.max_output == 0
     assert found.prompt > 3
+
+
+async def test_a_request_an_output_contract_may_retry_reserves_two_calls() -> None:
+    from proxy.tenants import Tenant, TenantConfig
+
+    config = TenantConfig.model_validate({
+        "tenant": "acme", "keys": ["vk-tokens-key-1"],
+        "models": {"m": [{"provider": "openai", "model": "gpt-4o"}]},
+        "output": {"schema": {"type": "object"}, "on_failure": "retry"}})
+    tenant = Tenant(config=config, policies=(), source=Path("x"))
+
+    def ctx(stream: bool) -> RequestContext:
+        return RequestContext(request_id="r", operation="chat", model="m", stream=stream,
+                              tenant=tenant, deployments=tenant.routes("m") or (),
+                              body={"model": "m", "messages": [{"role": "user",
+                                                                "content": TEXT}],
+                                    "max_tokens": 10})
+
+    counter = TokenCounter()
+    plain = await estimate(ctx(False), counter, default_max_output=999)
+    streamed = await estimate(ctx(True), counter, default_max_output=999)
+    assert plain.max_output == 20 and streamed.max_output == 10  # streams are never retried
+    assert plain.prompt == 2 * streamed.prompt
