@@ -3,6 +3,7 @@ or a private ``redis-server`` on a free port that a test may stop and restart.""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import redis
 
-SHARED_URL = "redis://127.0.0.1:6379/0"
+# .ci/run starts a Redis when none answers on 6379 and says where.
+SHARED_URL = os.environ.get("WARDEN_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def unique_prefix() -> str:
