@@ -34,7 +34,13 @@ from proxy.context import RequestContext
 from proxy.errors import RateLimited, WardenError
 from proxy.store import Check, Slots, State, Verdict, Window
 from proxy.tenants import Frozen
-from proxy.tokens import DEFAULT_MAX_OUTPUT, ESTIMATE, estimate
+from proxy.tokens import (
+    DEFAULT_MAX_OUTPUT,
+    ESTIMATE,
+    Estimate,
+    estimate,
+    requested_max_output,
+)
 
 if TYPE_CHECKING:
     from proxy.services import Services
@@ -70,11 +76,14 @@ class LimitsConfig(Rates):
         return self
 
 
-def _rates(rates: Rates, suffix: str, tokens: int) -> list[Check]:
+def _rates(rates: Rates, suffix: str, worst: Estimate | None, guessed: bool) -> list[Check]:
     checks: list[Check] = []
     if rates.rpm is not None:
         checks.append(Window(f"rpm{suffix}", rates.rpm, MINUTE_MS, 1))
-    if rates.tpm is not None:
+    if rates.tpm is not None and worst is not None:
+        tokens = worst.total
+        if guessed:  # the output size is our guess: never "too large" because of it
+            tokens = min(tokens, max(rates.tpm, worst.prompt))
         checks.append(Window(f"tpm{suffix}", rates.tpm, MINUTE_MS, tokens))
     if rates.concurrency is not None:
         checks.append(Slots(f"concurrency{suffix}", rates.concurrency))
@@ -94,14 +103,17 @@ class LimitsPolicy(AdmissionPolicy):
         self.config = config
 
     async def checks(self, ctx: RequestContext) -> list[Check]:
-        tokens = 0
+        worst: Estimate | None = None
         per_model = self.config.models.get(ctx.model)
         if self.config.tpm is not None or (per_model is not None and per_model.tpm is not None):
-            tokens = (await estimate(ctx, self.tokens, self._default_output(ctx),
-                                     self.services.executor)).total
-        checks = _rates(self.config, "", tokens)
+            worst = await estimate(ctx, self.tokens, self._default_output(ctx),
+                                   self.services.executor)
+        # Without max_tokens (and no budget cap), the output reserved is the model's
+        # maximum: right to settle from, wrong to refuse a request for.
+        guessed = ctx.operation == "chat" and requested_max_output(ctx.body) is None
+        checks = _rates(self.config, "", worst, guessed)
         if per_model is not None:
-            checks += _rates(per_model, f"@{ctx.model}", tokens)
+            checks += _rates(per_model, f"@{ctx.model}", worst, guessed)
         return checks
 
     def _default_output(self, ctx: RequestContext) -> int:
