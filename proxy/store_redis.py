@@ -1,6 +1,7 @@
 """The Redis store: counters a fleet of replicas shares, exact across all of them.
 
-One ``EVALSHA`` of ``store.lua`` per ``reserve`` and one per ``settle``: the script
+One ``EVALSHA`` of ``store.lua`` per ``reserve`` and one per ``settle`` (over the lean
+RESP client in resp.py; redis-py for Redis Cluster): the script
 decides and reserves every check of a request atomically (Redis runs scripts one at a
 time), so two replicas can never both take the last slot. The script is sent once per
 Redis node (``EVAL`` on the first ``NOSCRIPT``), never ``SCRIPT LOAD``-ed ahead of time,
@@ -26,13 +27,13 @@ from dataclasses import replace
 from importlib import resources
 from typing import Any, Literal, cast
 
-from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from proxy.errors import ServiceUnavailable
+from proxy.resp import NoScript, RespClient, RespError
 from proxy.store import (
     Check,
     DenyReason,
@@ -52,7 +53,7 @@ SCRIPT = resources.files("proxy").joinpath("store.lua").read_text(encoding="utf-
 SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
 
 # Everything that means "Redis did not answer properly"; nothing else is caught.
-_FAILURES = (RedisError, RedisClusterException, OSError, TimeoutError)
+_FAILURES = (RedisError, RedisClusterException, RespError, OSError, EOFError, TimeoutError)
 _CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 _WARN_EVERY_S = 30.0
 _RS, _US = "\x1e", "\x1f"  # record and unit separators of the script's spec string
@@ -73,21 +74,21 @@ class RedisStore(Store):
         self._keys = Keys(prefix)
         self._timeout_s = timeout_s
         self._retry_interval_s = retry_interval_s
-        # One immediate retry: a pooled connection to a Redis that restarted fails at
-        # once, and the retry on a fresh connection succeeds. Both scripts are
-        # idempotent per request id, so a retried reserve never reserves twice.
-        options: dict[str, Any] = dict(
-            socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 1), max_connections=max_connections + 8,
-        )
-        # Calls queue here rather than in redis-py, whose pool raises "too many
-        # connections" at its cap — an overload on this side, not an outage of Redis.
+        # Calls queue here rather than in a client pool: waiting for a connection is an
+        # overload on this side, not an outage of Redis.
         self._slots = asyncio.Semaphore(max_connections)
-        self._client: Redis | RedisCluster
+        self._resp: RespClient | None = None
+        self._cluster: RedisCluster | None = None
         if self.cluster:
-            self._client = RedisCluster.from_url(url.replace("+cluster", "", 1), **options)
+            # One immediate retry: a pooled connection to a node that restarted fails at
+            # once, and the retry on a fresh connection succeeds. Both scripts are
+            # idempotent per request id, so a retried reserve never reserves twice.
+            self._cluster = RedisCluster.from_url(
+                url.replace("+cluster", "", 1), socket_timeout=timeout_s,
+                socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 1),
+                max_connections=max_connections + 8)
         else:
-            self._client = Redis.from_url(url, **options)
+            self._resp = RespClient(url, timeout_s=timeout_s)
         self._local = MemoryStore(prefix)
         self.degraded = False
         self.last_error: str | None = None
@@ -101,7 +102,10 @@ class RedisStore(Store):
     async def ping(self) -> bool:
         try:
             async with asyncio.timeout(self._timeout_s):
-                await cast("Awaitable[Any]", self._client.ping())
+                if self._resp is not None:
+                    await self._resp.execute("PING")
+                else:
+                    await cast("Awaitable[Any]", cast(Any, self._cluster).ping())
         except _FAILURES:
             return False
         self._down_until = 0.0  # let the next request probe at once
@@ -114,7 +118,10 @@ class RedisStore(Store):
 
     async def close(self) -> None:
         await self.drain()
-        await self._client.aclose()
+        if self._resp is not None:
+            await self._resp.aclose()
+        if self._cluster is not None:
+            await self._cluster.aclose()
 
     def _should_try(self) -> bool:
         if not self.degraded:
@@ -209,21 +216,30 @@ class RedisStore(Store):
                     ) -> Any | None:
         """The script's reply, or None when Redis was skipped (down) or failed now."""
         base = self._keys.base(tenant)
-        client = cast(Any, self._client)  # redis-py's sync/async union types
         async with self._slots:
             if not self._should_try():
                 return None
             try:
                 async with asyncio.timeout(self._timeout_s):
-                    try:
-                        raw = await client.evalsha(SCRIPT_SHA, 1, base, *args)
-                    except NoScriptError:
-                        raw = await client.eval(SCRIPT, 1, base, *args)
+                    raw = await self._eval(base, args)
             except _FAILURES as e:
                 self._down(e)
                 return None
         self._up()
         return raw
+
+
+    async def _eval(self, base: str, args: list[str | int]) -> Any:
+        if self._resp is not None:
+            try:
+                return await self._resp.execute("EVALSHA", SCRIPT_SHA, 1, base, *args)
+            except NoScript:
+                return await self._resp.execute("EVAL", SCRIPT, 1, base, *args)
+        client = cast(Any, self._cluster)  # redis-py's sync/async union types
+        try:
+            return await client.evalsha(SCRIPT_SHA, 1, base, *args)
+        except NoScriptError:
+            return await client.eval(SCRIPT, 1, base, *args)
 
 
 def _verdict(raw: bytes | str, checks: Sequence[Check]) -> Verdict:

@@ -76,6 +76,8 @@ class RedisServer:
             try:
                 if client.ping():
                     break
+            except redis.AuthenticationError:
+                break  # up, and wants a password
             except redis.ConnectionError:
                 if time.monotonic() > deadline:
                     raise
