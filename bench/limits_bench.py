@@ -137,6 +137,22 @@ async def measure(url: str, requests: int, warmup: int, stream: bool
     return samples
 
 
+async def redis_ping_ms(port: int, n: int = 2000) -> list[float]:
+    """The floor: bare loopback round trips to the same Redis, same client code."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from proxy.resp import RespClient
+
+    client = RespClient(f"redis://127.0.0.1:{port}/0")
+    out = []
+    for _ in range(n):
+        started = time.perf_counter()
+        await client.execute("PING")
+        out.append((time.perf_counter() - started) * 1000)
+    await client.aclose()
+    return out
+
+
 def p(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] if len(
         values) > 1 else values[0]
@@ -147,8 +163,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp, redis_server(Path(tmp)) as redis_port, \
             process(["mock-upstream", "--port", "0"], "MOCK_READY", env) as mock_port:
         pdir = policies(Path(tmp) / "policies", f"http://127.0.0.1:{mock_port}")
-        proxy_env = {**env, "WARDEN_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-                     "WARDEN_ACCESS_LOG": "false", "WARDEN_LOG_LEVEL": "warning"}
+        proxy_env = {**env, "WARDEN_ACCESS_LOG": "false", "WARDEN_LOG_LEVEL": "warning"}
+        if not args.memory:
+            proxy_env["WARDEN_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
         with process(["serve", "--port", "0", "--policies", str(pdir)], "WARDEN_READY",
                      proxy_env) as port:
             url = f"http://127.0.0.1:{port}/v1/chat/completions"
@@ -159,11 +176,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             samples = asyncio.run(measure(url, args.requests, 0, args.stream))
             time.sleep(0.2)
             calls = script_calls(redis_port) - before
+            pings = asyncio.run(redis_ping_ms(redis_port))
     limited = len(samples["limited"]["latency_ms"])
     result: dict[str, Any] = {
-        "requests_per_tenant": limited, "stream": args.stream,
+        "requests_per_tenant": limited, "stream": args.stream, "store": (
+            "memory" if args.memory else "redis"),
         "redis_round_trips_per_request": calls / limited,
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "redis_ping_p50_ms": p(pings, 50),
     }
     for metric in ("latency_ms", "overhead_ms"):
         off, on = samples["plain"][metric], samples["limited"][metric]
@@ -179,11 +199,13 @@ def markdown(result: dict[str, Any]) -> str:
     load = result["load_average"]
     shared = " — machine shared with other work" if max(load) > 1.5 else ""
     return "\n".join([
-        f"## {when} — limits + budget on Redis (loopback){shared}",
+        f"## {when} — limits + budget, {result['store']} store{shared}",
         "",
         f"`python bench/limits_bench.py --requests {result['requests_per_tenant'] * 2}"
-        f"{' --stream' if result['stream'] else ''}`: one proxy, tenants with and without "
-        "limits+budget interleaved one request at a time, private redis-server. "
+        f"{' --stream' if result['stream'] else ''}"
+        f"{' --memory' if result['store'] == 'memory' else ''}`: one proxy, tenants with and "
+        "without limits+budget interleaved one request at a time"
+        f"{', in-memory store' if result['store'] == 'memory' else ', private redis-server'}. "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load "
         f"average {load[0]} before / {load[1]} after.",
         "",
@@ -196,6 +218,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"{ovh['added_p50']:+.3f} |",
         f"| Redis round trips per request (evalsha+eval, INFO commandstats) | 0 | "
         f"{result['redis_round_trips_per_request']:.2f} | |",
+        f"| for scale: bare Redis PING round trip p50 (ms) | | | "
+        f"{result['redis_ping_p50_ms']:.3f} |",
         "",
     ])
 
@@ -205,6 +229,8 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=2000, help="total, both tenants")
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--stream", action="store_true")
+    parser.add_argument("--memory", action="store_true",
+                        help="in-memory store instead: the policies' own cost, no Redis")
     parser.add_argument("--append", type=Path, help="append a dated section to this file")
     args = parser.parse_args()
     args.requests = max(2, args.requests)
@@ -213,7 +239,8 @@ def main() -> int:
     if args.append:
         with args.append.open("a", encoding="utf-8") as f:
             f.write("\n" + markdown(result))
-    return 0 if result["redis_round_trips_per_request"] == 2 else 1
+    expected = 0 if args.memory else 2
+    return 0 if result["redis_round_trips_per_request"] == expected else 1
 
 
 if __name__ == "__main__":
