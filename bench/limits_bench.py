@@ -141,7 +141,7 @@ async def redis_ping_ms(port: int, n: int = 2000) -> list[float]:
     """The floor: bare loopback round trips to the same Redis, same client code."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    from proxy.resp import RespClient
+    from proxy.store.resp import RespClient
 
     client = RespClient(f"redis://127.0.0.1:{port}/0")
     out = []

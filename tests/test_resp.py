@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from proxy.resp import NoScript, RespClient, RespError, pack
+from proxy.store.resp import NoScript, RespClient, RespError, pack
 from tests.redis_support import RedisServer
 
 

@@ -15,7 +15,7 @@ import redis
 
 from proxy.errors import ServiceUnavailable
 from proxy.store import Slots, Spend, Window, create_store
-from proxy.store_redis import RedisStore
+from proxy.store.redis_store import RedisStore
 from tests.redis_support import (
     SHARED_URL,
     Monitor,

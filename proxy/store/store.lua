@@ -1,5 +1,5 @@
 -- Warden's counters: every limit of one request decided, and reserved, atomically.
--- The same algorithm as MemoryStore in store.py (tests run one suite against both).
+-- The same algorithm as MemoryStore in memory.py (tests run one suite against both).
 --
 -- KEYS[1]: the tenant's base key, PREFIX:{tenant}. Every key below is derived from it
 -- and shares its {tenant} hash tag, so all live in KEYS[1]'s Redis Cluster slot (a
@@ -82,7 +82,7 @@ local function split(text, sep)
   end
 end
 
--- Parse the checks and derive their keys (the names store.Keys gives them).
+-- Parse the checks and derive their keys (the names base.Keys gives them).
 local checks = {}
 for _, record in ipairs(ARGV[5] == '' and {} or split(ARGV[5], '\30')) do
   local f = split(record, '\31')

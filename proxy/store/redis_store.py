@@ -33,12 +33,10 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from proxy.errors import ServiceUnavailable
-from proxy.resp import NoScript, RespClient, RespError
-from proxy.store import (
+from proxy.store.base import (
     Check,
     DenyReason,
     Keys,
-    MemoryStore,
     Reservation,
     Slots,
     State,
@@ -46,10 +44,12 @@ from proxy.store import (
     Verdict,
     Window,
 )
+from proxy.store.memory import MemoryStore
+from proxy.store.resp import NoScript, RespClient, RespError
 
 log = logging.getLogger("warden.store")
 
-SCRIPT = resources.files("proxy").joinpath("store.lua").read_text(encoding="utf-8")
+SCRIPT = resources.files("proxy.store").joinpath("store.lua").read_text(encoding="utf-8")
 SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
 
 # Everything that means "Redis did not answer properly"; nothing else is caught.

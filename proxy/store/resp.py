@@ -5,7 +5,7 @@ PING through it against ~20 µs for the same round trip on a bare asyncio stream
 the store sends one command before every upstream call. This client speaks only what
 the store needs — any command, replies of every RESP2 type, AUTH and SELECT from the
 URL, TLS for ``rediss://`` with the system trust store — and leaves Redis Cluster (slot
-maps, MOVED/ASK) to redis-py (store_redis.py).
+maps, MOVED/ASK) to redis-py (redis_store.py).
 
 A connection that fails, times out or is cancelled mid-command is closed, never reused:
 its reply stream is no longer in step. A *reused* connection that turns out dead
