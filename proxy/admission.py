@@ -191,6 +191,10 @@ class AdmissionPolicy(Policy):
             admission.settle(ctx, self)
 
 
+# Attempts that never reached a provider: nothing to bill.
+_NOT_SENT = frozenset({"connect_error", "breaker_open"})
+
+
 def billed(ctx: RequestContext, worst: Estimate) -> tuple[int, int]:
     """(prompt, completion) tokens the provider can have billed for this request.
 
@@ -198,13 +202,14 @@ def billed(ctx: RequestContext, worst: Estimate) -> tuple[int, int]:
     attempt was refused (an HTTP error status, or no connection at all). Otherwise —
     the client left mid-stream, a timeout, a reset, a reply without usage — the worst
     case: the provider may have generated every token it was allowed to, and a budget
-    must not count less than may have been spent.
+    must not count less than may have been spent. (Failed attempts failover moved past
+    are not added on top: a provider that billed a timed-out attempt anyway is missed.)
     """
     if ctx.usage is not None:
         return ctx.usage.prompt_tokens, ctx.usage.completion_tokens
     if not ctx.attempts and ctx.upstream_s == 0:
         return 0, 0  # never called (refused, or the client left before the call)
-    refused = all((a.status is not None and a.status >= 400) or a.reason == "connect_error"
+    refused = all((a.status is not None and a.status >= 400) or a.reason in _NOT_SENT
                   for a in ctx.attempts)
     if ctx.attempts and refused and not ctx.client_disconnected:
         return 0, 0

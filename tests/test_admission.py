@@ -139,7 +139,8 @@ def test_billed_is_what_the_provider_can_have_charged() -> None:
     assert billed(ctx, worst()) == (0, 0)  # never called
     ctx.upstream_s = 0.5
     ctx.attempts.append(Attempt("d", 429, "ok", 0.1))
-    assert billed(ctx, worst()) == (0, 0)  # the provider refused
+    ctx.attempts.append(Attempt("d1", None, "breaker_open", 0.0))
+    assert billed(ctx, worst()) == (0, 0)  # refused, or never sent
     ctx.attempts.append(Attempt("d2", None, "timeout", 0.1))
     assert billed(ctx, worst()) == (100, 400)  # it may have generated everything
     ctx.usage = Usage(90, 7)

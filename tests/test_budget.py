@@ -235,7 +235,7 @@ def test_a_client_that_leaves_mid_stream_is_charged_the_worst_case(tmp_path: Pat
 def test_an_upstream_error_costs_nothing(budgeted: Stack) -> None:
     first = chat(budgeted)
     budgeted.mock_faults(status=500)
-    assert chat(budgeted).status_code == 500
+    assert chat(budgeted).status_code >= 500  # the provider said 500 to every attempt
     budgeted.mock_faults()
     third = chat(budgeted)
     assert left(first) - left(third) == pytest.approx(cost(first.json()["usage"]), abs=1e-9)

@@ -136,3 +136,20 @@ def test_streamed_refusal_is_json_not_a_stream(limited: Stack) -> None:
     r = chat(limited, stream=True)
     assert r.status_code == 429
     assert json.loads(r.content)["error"]["code"] == "rate_limit_exceeded"
+
+
+def test_documented_examples_are_valid() -> None:
+    """The loops/limits/budget examples in docs/policies.md load as documented."""
+    import re
+
+    import yaml
+
+    from proxy.policies.budget import BudgetConfig
+    from proxy.policies.loops import LoopsConfig
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "policies.md").read_text()
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", doc, re.S)]
+    sections = {key: value for block in blocks for key, value in block.items()}
+    assert LimitsConfig.model_validate(sections["limits"]).models["gpt-4o"].rpm == 60
+    assert BudgetConfig.model_validate(sections["budget"]).period == "day"
+    assert LoopsConfig.model_validate(sections["loops"]).repeats == 3
