@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -94,3 +95,53 @@ async def test_a_hanging_redis_times_out() -> None:
 def test_only_redis_urls() -> None:
     with pytest.raises(ValueError, match="scheme"):
         RespClient("http://127.0.0.1:6379")
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+async def test_tls_with_a_private_ca(tmp_path: Path) -> None:
+    from tests.redis_support import free_port
+
+    cert, key = _self_signed(tmp_path)
+    tls_port = free_port()
+    server = RedisServer(tmp_path / "r", None, "--tls-port", str(tls_port), "--tls-cert-file",
+                         str(cert), "--tls-key-file", str(key), "--tls-auth-clients", "no")
+    server.start()
+    try:
+        trusted = RespClient(f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={cert}")
+        assert await trusted.execute("PING") == b"PONG"
+        await trusted.aclose()
+        untrusted = RespClient(f"rediss://127.0.0.1:{tls_port}/0")  # system CAs only
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await untrusted.execute("PING")
+        await untrusted.aclose()
+    finally:
+        server.stop()
+    with pytest.raises(ValueError, match="ssl_cert_reqs"):
+        RespClient("rediss://127.0.0.1:6379/0?ssl_cert_reqs=none")
