@@ -27,6 +27,17 @@ log = logging.getLogger("warden.prices")
 
 NANO_PER_USD = 1_000_000_000
 _PRICE_FILE = "model_prices_and_context_window_backup.json"
+# Providers that are the operator's own hardware: no list price applies.
+_SELF_HOSTED = frozenset({"vllm", "ollama", "tgi", "openai_compatible", "hosted_vllm"})
+# Deployment.provider -> the litellm_provider values its bare model names are listed under.
+_FAMILIES: Mapping[str, frozenset[str]] = {
+    "openai": frozenset({"openai", "text-completion-openai"}),
+    "azure": frozenset({"azure", "openai"}),
+}
+
+
+def _priced(entry: Any) -> Mapping[str, Any] | None:
+    return entry if isinstance(entry, Mapping) and "input_cost_per_token" in entry else None
 
 
 def price_file() -> Path | None:
@@ -75,12 +86,17 @@ class PriceBook:
             return cls(json.load(f))
 
     def _entry(self, deployment: Deployment) -> Mapping[str, Any] | None:
-        model = deployment.model
-        for key in (f"{deployment.provider}/{model}", model, model.split("/", 1)[-1]):
-            entry = self._table.get(key)
-            if isinstance(entry, Mapping) and "input_cost_per_token" in entry:
-                return entry
-        return None
+        """``provider/model`` first; a bare model name only when the table lists it for
+        the same provider family (Azure takes OpenAI's list price). A self-hosted server
+        never matches a bare commercial name: a local model called gpt-4o is free per
+        token unless an ``ollama/...``-style entry or an override prices it."""
+        provider, model = deployment.provider, deployment.model
+        entry = _priced(self._table.get(f"{provider}/{model}"))
+        if entry is not None or provider in _SELF_HOSTED:
+            return entry
+        entry = _priced(self._table.get(model))
+        family = _FAMILIES.get(provider, frozenset({provider}))
+        return entry if entry is not None and entry.get("litellm_provider") in family else None
 
     def known(self, deployment: Deployment) -> bool:
         return (self._entry(deployment) is not None

@@ -53,3 +53,12 @@ def test_reading_prices_does_not_import_litellm() -> None:
                          env=env_for_subprocess(), check=True)
     assert out.stdout.strip() == "False"
     assert price_file() is not None
+
+
+def test_self_hosted_models_never_take_a_commercial_list_price(book: PriceBook) -> None:
+    local = Deployment(provider="vllm", model="gpt-4o")
+    assert not book.known(local)
+    assert book.price(local) == FREE
+    assert book.price(Deployment(provider="ollama", model="llama3")).max_output_tokens == 8192
+    # Azure without its own entry falls back to OpenAI's list price.
+    assert book.price(Deployment(provider="azure", model="gpt-4o-mini")).input_pico == 150_000
