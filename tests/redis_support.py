@@ -72,17 +72,22 @@ class RedisServer:
         )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         deadline = time.monotonic() + 10
-        while True:
-            try:
-                if client.ping():
-                    break
-            except redis.AuthenticationError:
-                break  # up, and wants a password
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        client.close()
+        try:
+            while True:
+                try:
+                    if client.ping():
+                        break
+                except redis.AuthenticationError:
+                    break  # up, and wants a password
+                except redis.ConnectionError:
+                    if time.monotonic() > deadline or self.proc.poll() is not None:
+                        raise
+                    time.sleep(0.05)
+        except BaseException:
+            self.stop()  # never leave a half-started server behind
+            raise
+        finally:
+            client.close()
         return self
 
     def stop(self) -> None:
@@ -141,22 +146,30 @@ class RedisCluster:
         return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
 
     def start(self) -> RedisCluster:
-        for node in self.nodes:
-            node.start()
-        exe = shutil.which("redis-cli")
-        if exe is None:
-            raise RuntimeError("redis-cli is not installed")
-        subprocess.run([exe, "--cluster", "create",
-                        *(f"127.0.0.1:{n.port}" for n in self.nodes),
-                        "--cluster-replicas", "0", "--cluster-yes"],
-                       check=True, capture_output=True, timeout=30)
-        deadline = time.monotonic() + 15
-        while any(b"cluster_state:ok" not in n.client().execute_command("CLUSTER", "INFO")
-                  for n in self.nodes):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the cluster did not converge")
-            time.sleep(0.1)
+        try:
+            for node in self.nodes:
+                node.start()
+            exe = shutil.which("redis-cli")
+            if exe is None:
+                raise RuntimeError("redis-cli is not installed")
+            subprocess.run([exe, "--cluster", "create",
+                            *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                            "--cluster-replicas", "0", "--cluster-yes"],
+                           check=True, capture_output=True, timeout=30)
+            deadline = time.monotonic() + 15
+            while not all(self._converged(n) for n in self.nodes):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the cluster did not converge")
+                time.sleep(0.1)
+        except BaseException:
+            self.stop()
+            raise
         return self
+
+    @staticmethod
+    def _converged(node: RedisServer) -> bool:
+        with node.client() as c:
+            return b"cluster_state:ok" in c.execute_command("CLUSTER", "INFO")
 
     def stop(self) -> None:
         for node in self.nodes:

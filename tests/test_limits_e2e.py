@@ -37,6 +37,14 @@ class Fleet:
         self.mock_url = ""
 
     def __enter__(self) -> Fleet:
+        try:
+            self._start()
+        except BaseException:
+            self.stack.close()  # never leave half a fleet running
+            raise
+        return self
+
+    def _start(self) -> None:
         _, mock_port = self.stack.enter_context(
             spawn("mock-upstream", "--port", "0", ready="MOCK_READY"))
         self.mock_url = f"http://127.0.0.1:{mock_port}"
@@ -51,7 +59,6 @@ class Fleet:
                 spawn("serve", "--port", "0", "--policies", str(policies), env=env))
             self.procs.append(proc)
             self.ports.append(port)
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.stack.close()

@@ -217,7 +217,10 @@ async def test_the_same_script_runs_on_a_redis_cluster(tmp_path: Path) -> None:
             assert peek.verdict.states["usd"].used == 7
             assert peek.verdict.states["usd"].reserved == 2 * 500
         assert not store.describe()["degraded"]
-        sizes = [n.client().dbsize() for n in cluster.nodes]
+        sizes = []
+        for node in cluster.nodes:
+            with node.client() as c:
+                sizes.append(c.dbsize())
         assert sum(1 for size in sizes if size) >= 2, sizes  # tenants live on several nodes
         await store.close()
     finally:
