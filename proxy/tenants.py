@@ -159,6 +159,7 @@ class ModelRoute(Frozen):
 from proxy.policies.budget import BudgetConfig  # noqa: E402
 from proxy.policies.limits import LimitsConfig  # noqa: E402
 from proxy.policies.loops import LoopsConfig  # noqa: E402
+from proxy.policies.injection import InjectionConfig  # noqa: E402
 from proxy.policies.output import OutputConfig  # noqa: E402
 from proxy.policies.pii import PiiConfig  # noqa: E402
 from proxy.policies.scope import ScopeConfig  # noqa: E402
@@ -174,6 +175,7 @@ class TenantConfig(Frozen):
     loops: LoopsConfig | None = None
     limits: LimitsConfig | None = None
     budget: BudgetConfig | None = None
+    injection: InjectionConfig | None = None
     scope: ScopeConfig | None = None
     output: OutputConfig | None = None
     pii: PiiConfig | None = None
