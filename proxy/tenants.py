@@ -157,9 +157,9 @@ class ModelRoute(Frozen):
 # Policy sections. Imported here, below Frozen, because each policy module subclasses
 # Frozen; proxy/policies/__init__.py imports this module first, so either import order works.
 from proxy.policies.budget import BudgetConfig  # noqa: E402
+from proxy.policies.injection import InjectionConfig  # noqa: E402
 from proxy.policies.limits import LimitsConfig  # noqa: E402
 from proxy.policies.loops import LoopsConfig  # noqa: E402
-from proxy.policies.injection import InjectionConfig  # noqa: E402
 from proxy.policies.output import OutputConfig  # noqa: E402
 from proxy.policies.pii import PiiConfig  # noqa: E402
 from proxy.policies.scope import ScopeConfig  # noqa: E402
