@@ -9,7 +9,8 @@
       rolling: false       # false: calendar-aligned UTC (00:00, ISO Monday, the 1st);
                            # true: the last 24 h / 7 d / 30 d, in 1/96-period buckets
       soft_threshold: 0.8  # past it: x-warden-flags budget_soft_limit, a log line, a gauge
-      max_tokens: 1024     # output cap written into requests that set none
+      max_tokens: 1024     # output cap written into requests that set none (default:
+                           # the smallest maximum output of the model's deployments)
 
 Before the call the worst case is reserved: counted prompt tokens plus the output cap,
 priced at the dearest of the request's deployments. A request that sets no
@@ -65,7 +66,7 @@ class BudgetConfig(Frozen):
     soft_threshold: float = Field(0.8, gt=0, le=1, description="Warn past this fraction.")
     max_tokens: int | None = Field(
         None, ge=1, description="Output cap set on requests that carry none (default: the "
-        "model's maximum output from the price map).")
+        "smallest maximum output of the model's deployments, from the price map).")
 
     @model_validator(mode="after")
     def _something(self) -> BudgetConfig:
@@ -146,7 +147,8 @@ class BudgetPolicy(AdmissionPolicy):
     async def prepare(self, ctx: RequestContext) -> None:
         if ctx.operation != "chat" or requested_max_output(ctx.body) is not None:
             return
-        cap = self.config.max_tokens or max(
+        # The smallest maximum of the deployments: every one of them must accept it.
+        cap = self.config.max_tokens or min(
             (m for d in ctx.deployments if (m := self.prices.price(d).max_output_tokens)),
             default=DEFAULT_MAX_OUTPUT)
         ctx.body[cap_field(ctx)] = cap
