@@ -283,3 +283,11 @@ def test_a_budget_held_by_requests_in_flight_asks_to_retry_soon(tmp_path: Path) 
         assert 'warden_limit_refusals_total{limit="usd",policy="budget",reason="held",' \
                'tenant="acme"} 1.0' in metrics
         assert http_json("GET", f"{s.mock_url}/_mock/stats")["requests"] == 2
+
+
+def test_the_cap_stays_under_the_scope_ceiling(tmp_path: Path) -> None:
+    with Stack(lambda url: [priced(url, budget={"usd": 1.0}, scope={"max_tokens": 300})],
+               tmp_path) as s:
+        assert chat(s).status_code == 200  # the client asked for nothing: not refused
+        assert s.mock_requests()[-1]["max_tokens"] == 300
+        assert chat(s, max_tokens=500).status_code == 403  # the client asked: scope says no

@@ -151,6 +151,12 @@ class BudgetPolicy(AdmissionPolicy):
         cap = self.config.max_tokens or min(
             (m for d in ctx.deployments if (m := self.prices.price(d).max_output_tokens)),
             default=DEFAULT_MAX_OUTPUT)
+        # scope runs later and refuses a max_tokens above its own ceiling: a cap the
+        # client never asked for must stay under it.
+        scope = getattr(ctx.tenant.config, "scope", None) if ctx.tenant is not None else None
+        ceiling = getattr(scope, "max_tokens", None)
+        if isinstance(ceiling, int):
+            cap = min(cap, ceiling)
         ctx.body[cap_field(ctx)] = cap
         ctx.decide(self.name, "cap", "max_tokens", max_tokens=cap)
 
