@@ -105,13 +105,16 @@ def create_app(settings: Settings, services: Services | None = None) -> web.Appl
     if services is None:
         services = Services(
             settings=settings,
-            store=create_store(settings.redis_url, settings.redis_prefix),
+            store=create_store(settings.redis_url, settings.redis_prefix,
+                               failure_mode=settings.store_failure_mode),
             metrics=Metrics(access_log_enabled=settings.access_log,
                             enabled=settings.metrics_enabled),
         )
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[openai_errors])
     app[SETTINGS] = settings
     app[SERVICES] = services
+    # One price book per process: what metrics report is what budgets charge.
+    services.shared("prices", lambda: services.metrics.prices)
     app[POLICIES] = PolicyHolder(load_policy_set(settings.policies_dir, services))
     app.cleanup_ctx.append(_services_ctx)
     app.cleanup_ctx.append(_upstream_ctx)

@@ -2,9 +2,11 @@
 
 One registry per app (tests build several apps per process, and a registry is the unit
 Prometheus scrapes). ``record(ctx)`` runs once per proxied request, after every
-policy's ``on_done``; the setters (``budget``, ``store_error``, ``fail_open``) are for
-the policies and the store that own those states. Breaker states, upstream attempts and
-failovers are the failover module's (``upstream/collector.py``, read at scrape time).
+policy's ``on_done`` and after the reply left. Other modules register their own series
+on ``registry``: breaker states, upstream attempts and failovers
+(``upstream/collector.py``, read at scrape time), limit refusals, budget levels and
+store health (``admission.py``), policy reloads (``reload.py``), PII and injection
+detections (their policies).
 
 GenAI names follow the conventions' Prometheus translation (dots to underscores, unit
 suffix): ``gen_ai_client_token_usage``, ``gen_ai_client_operation_duration_seconds``,
@@ -22,8 +24,8 @@ conversations and text never become labels: they are in the access log.
 
 Several worker processes: set ``PROMETHEUS_MULTIPROC_DIR`` to an empty directory shared
 by the workers *before* they start; each writes its own files and ``/metrics`` on any of
-them aggregates all (``prometheus_client`` multiprocess mode). Gauges then aggregate as
-documented per gauge below.
+them aggregates all (``prometheus_client`` multiprocess mode); scrape-time collectors
+report the worker that answered.
 
 The per-request cost is kept to a few microseconds: label children are looked up once
 per label tuple and cached, and the per-chunk gaps of a stream are folded into the
@@ -35,14 +37,14 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, TextIO
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client import values as prom_values
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics import MetricWrapperBase
 
 from proxy.accesslog import AccessLog
-from proxy.context import RequestContext
-from proxy.pricing import PriceTable
+from proxy.context import RequestContext, Usage
+from proxy.prices import NANO_PER_USD, PriceBook
 from proxy.semconv import (
     CHUNK_BUCKETS,
     DECISION_LIMIT,
@@ -59,6 +61,7 @@ from proxy.semconv import (
 )
 
 if TYPE_CHECKING:
+    from proxy.tenants import Deployment
     from proxy.tracing import Tracer
 
 def outcome(ctx: RequestContext) -> str:
@@ -116,12 +119,14 @@ class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self, access_log_enabled: bool = True, enabled: bool = True,
-                 prices: PriceTable | None = None) -> None:
+                 prices: PriceBook | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.enabled = enabled
         self.access = AccessLog() if access_log_enabled else None
         self.tracer: Tracer | None = None  # set by tracing_ctx when WARDEN_OTLP_ENDPOINT is
-        self.prices = prices if prices is not None else PriceTable.load()
+        # The budget policy's price book (Services.shared("prices")): one price per model.
+        self.prices = prices if prices is not None else PriceBook.bundled()
+        self._priced: dict[tuple[str, str, float | None, float | None], bool] = {}
         # Decided by prometheus_client when it was imported (PROMETHEUS_MULTIPROC_DIR).
         self.multiprocess = bool(getattr(prom_values.ValueClass, "_multiprocess", False))
         self._reasons = Bounded(128)
@@ -169,9 +174,6 @@ class Metrics:
             "warden_estimated_tokens", "Tokens counted by Warden's tokenizer because the "
             "provider reported no usage.",
             ["tenant", "model", "gen_ai_token_type"], registry=r)
-        self.rate_limited = Counter(
-            "warden_rate_limit_refusals", "Requests refused by a rate limit, by limit.",
-            ["tenant", "model", "limit"], registry=r)
         self.decisions = Counter(
             "warden_policy_decisions", "Policy decisions by policy, action and reason code.",
             ["tenant", "policy", "action", "reason"], registry=r)
@@ -179,22 +181,6 @@ class Metrics:
             "warden_proxy_overhead_seconds", "Time spent in Warden per request, waiting "
             "on the provider excluded.",
             ["operation"], buckets=OVERHEAD_BUCKETS, registry=r)
-        # Gauges say how several worker processes combine: the budget comes from the
-        # shared store (the latest write is right), fail-open is on if any live worker
-        # is in it.
-        self.budget_spent = Gauge(
-            "warden_budget_spent_usd", "Budget spent in the current window, USD.",
-            ["tenant"], registry=r, multiprocess_mode="mostrecent")
-        self.budget_remaining = Gauge(
-            "warden_budget_remaining_usd", "Budget left in the current window, USD.",
-            ["tenant"], registry=r, multiprocess_mode="mostrecent")
-        self.store_errors = Counter(
-            "warden_store_errors", "Errors talking to the counter store (Redis).",
-            ["operation"], registry=r)
-        self.store_fail_open = Gauge(
-            "warden_store_fail_open", "1 while the store is unreachable and limits run on "
-            "local per-replica counters (store_failure_mode=open).",
-            registry=r, multiprocess_mode="livemax")
 
     def log_to(self, stream: TextIO) -> None:
         """Write the access log straight to ``stream`` (``warden serve``: stdout)."""
@@ -206,19 +192,6 @@ class Metrics:
         """Write access-log lines still queued (at shutdown)."""
         if self.access is not None:
             self.access.flush()
-
-    # ---- setters for the policies and the failover code ------------------------------
-
-    def budget(self, tenant: str, spent_usd: float, remaining_usd: float) -> None:
-        """The budget policy reports a tenant's window after it settles a request."""
-        self.budget_spent.labels(tenant).set(spent_usd)
-        self.budget_remaining.labels(tenant).set(remaining_usd)
-
-    def store_error(self, operation: str) -> None:
-        self.store_errors.labels(self._reasons(operation)).inc()
-
-    def fail_open(self, active: bool) -> None:
-        self.store_fail_open.set(1.0 if active else 0.0)
 
     # ---- per request ----------------------------------------------------------------
 
@@ -250,7 +223,7 @@ class Metrics:
         usage = ctx.usage
         if usage is not None and ctx.deployment is not None:
             if ctx.cost_usd is None:
-                ctx.cost_usd = self.prices.cost(ctx.deployment, usage)
+                ctx.cost_usd = self._cost(ctx.deployment, usage)
             if ctx.cost_usd is None:
                 w.unpriced.inc()
             elif ctx.cost_usd:
@@ -263,8 +236,6 @@ class Metrics:
         if ctx.decisions:
             for d in ctx.decisions:
                 self._decision(tenant, d.policy, d.action, d.reason).inc()
-        if ctx.status == 429 and ctx.error_type == "rate_limit_exceeded":
-            self.rate_limited.labels(tenant, model, self._limit_of(ctx)).inc()
         if self.access is not None:
             self.access.write(ctx, result, elapsed, overhead)
         if self.tracer is not None:
@@ -294,6 +265,20 @@ class Metrics:
         if ctx.chunk_gaps:
             observe_many(g.chunk, ctx.chunk_gaps)
 
+    def _cost(self, deployment: Deployment, usage: Usage) -> float | None:
+        """USD, from the same price book the budget policy charges with; ``None`` when
+        nobody knows the deployment's price (the budget counts it as free)."""
+        key = (deployment.provider, deployment.model, deployment.input_cost_per_token,
+               deployment.output_cost_per_token)
+        known = self._priced.get(key)
+        if known is None:
+            known = self._priced[key] = self.prices.known(deployment)
+        if not known:
+            return None
+        nano = self.prices.price(deployment).cost_nano(usage.prompt_tokens,
+                                                         usage.completion_tokens)
+        return nano / NANO_PER_USD
+
     def _decision(self, tenant: str, policy: str, action: str, reason: str) -> Any:
         """The counter child of one decision; at most DECISION_LIMIT distinct
         (policy, action, reason) triples, the rest count as other/other/other."""
@@ -311,12 +296,6 @@ class Metrics:
         if len(self._decision_children) < 16 * DECISION_LIMIT:  # tenants x triples
             self._decision_children[key] = child
         return child
-
-    def _limit_of(self, ctx: RequestContext) -> str:
-        for d in reversed(ctx.decisions):
-            if d.policy == "limits":
-                return self._reasons(d.reason)
-        return "unknown"
 
     def render(self) -> bytes:
         if not self.multiprocess:
@@ -343,8 +322,7 @@ class Metrics:
     def _all(self) -> list[MetricWrapperBase]:
         return [self.token_usage, self.duration, self.ttft, self.time_per_chunk,
                 self.requests, self.cost, self.unpriced, self.estimated_tokens,
-                self.rate_limited, self.decisions, self.overhead,
-                self.budget_spent, self.budget_remaining, self.store_errors]
+                self.decisions, self.overhead]
 
 
 def _error_type(ctx: RequestContext, result: str) -> str:

@@ -22,7 +22,7 @@ from proxy.pipeline import Chain
 from proxy.tokens import TokenCounter
 from proxy.upstream.base import UpstreamError
 from proxy.upstream.failover import PrefetchedStream
-from proxy.usage import StreamTap, estimate_stream
+from proxy.usage import StreamTap, estimate_stream, prepare
 
 _USAGE_OBJECT = (b'"usage":{', b'"usage": {')
 _USAGE_NULL = (b',"usage":null', b'"usage":null,', b', "usage": null', b'"usage": null, ')
@@ -160,6 +160,7 @@ async def relay_stream(
             waited = time.perf_counter()
         if not relay.done:
             raise UpstreamError("truncated", "provider stream ended without [DONE]")
+        await _account(request, ctx, relay.tap)
         await response.write(await relay.tail())
     except UpstreamError as e:
         ctx.error_type = e.reason
@@ -171,7 +172,9 @@ async def relay_stream(
     except (ConnectionResetError, ConnectionError):
         ctx.client_disconnected = True
     finally:
-        _account(request, ctx, relay.tap)  # before on_done: budgets settle on it
+        if ctx.tenant is not None and ctx.tenant.config.log_prompts \
+                and ctx.completion_text is None:
+            ctx.completion_text = relay.tap.text()  # what arrived before it ended
         await stream.aclose()
     if not ctx.client_disconnected:
         try:
@@ -180,13 +183,16 @@ async def relay_stream(
             ctx.client_disconnected = True
 
 
-def _account(request: web.Request, ctx: RequestContext, tap: StreamTap) -> None:
-    """No usage chunk (provider without usage, stream cut, client gone): estimate it."""
-    log_prompts = ctx.tenant is not None and ctx.tenant.config.log_prompts
-    if ctx.usage is None or log_prompts:
-        estimate_stream(ctx, request.app[SERVICES].shared("tokens", TokenCounter), tap)
-        if log_prompts:
-            ctx.completion_text = tap.text()
+async def _account(request: web.Request, ctx: RequestContext, tap: StreamTap) -> None:
+    """A stream that ended with [DONE] but no usage chunk: estimate it from what came
+    (the whole reply), with the encoding loaded off the loop; before ``on_done``, so
+    budgets settle on it. A stream cut short (provider error, client gone) is not
+    estimated: what arrived understates what may have been billed, and the budget
+    charges the worst case instead (admission.billed)."""
+    if ctx.usage is None and ctx.deployment is not None and tap.events:
+        counter = request.app[SERVICES].shared("tokens", TokenCounter)
+        await prepare(ctx, counter)
+        estimate_stream(ctx, counter, tap)
 
 
 async def _after_first(stream: PrefetchedStream, relay: StreamRelay) -> Any:

@@ -35,7 +35,7 @@ from proxy.services import Services
 from proxy.tokens import TokenCounter
 from proxy.upstream.base import UpstreamError, UpstreamReply
 from proxy.upstream.retry import client_budget
-from proxy.usage import completion_text, estimate_reply
+from proxy.usage import completion_text, estimate_reply, prepare
 
 log = logging.getLogger("warden.routes")
 
@@ -194,7 +194,9 @@ async def _reply(
                             headers={**reply.headers, **_head(ctx, "application/json")})
     ctx.usage = usage_of(payload)
     if ctx.usage is None:  # a provider that reports none: count it (marked estimated)
-        estimate_reply(ctx, services.shared("tokens", TokenCounter), payload)
+        counter = services.shared("tokens", TokenCounter)
+        await prepare(ctx, counter)
+        estimate_reply(ctx, counter, payload)
     if ctx.tenant is not None and ctx.tenant.config.log_prompts:
         ctx.completion_text = completion_text(payload)  # as the provider said it
     if spent is not None:  # an earlier attempt of this request, rejected by a policy

@@ -1,10 +1,11 @@
-"""Usage for replies whose provider reported none: counted with a tokenizer, marked
+"""Usage for replies whose provider reported none: counted with a tokenizer
+(``tokens.TokenCounter``, shared with the limits and budget policies), marked
 ``estimated``.
 
-Budgets settle and telemetry reports tokens for every reply, so a provider that sends
-no ``usage`` (some vLLM/TGI builds, a stream cut off before its usage chunk, a client
-that hung up) still gets a figure: the prompt as Warden forwarded it and the completion
-text that came back, counted by ``tokens.TokenCounter``.
+Budgets settle and telemetry reports tokens for every complete reply, so a provider that
+sends no ``usage`` (some vLLM/TGI builds) still gets a figure: the prompt as Warden
+forwarded it and the completion text that came back. A reply cut short is not estimated
+(see ``relay._account``): the budget charges its worst case instead.
 
 Streams stay cheap on the fast path: ``StreamTap`` keeps a *reference* to each raw
 upstream event (no parsing, no copy) and is parsed only at the end, and only when no
@@ -21,7 +22,7 @@ from typing import Any
 
 from proxy import sse
 from proxy.context import RequestContext, Usage
-from proxy.tokens import TokenCounter
+from proxy.tokens import TokenCounter, encoding_for
 
 TAP_LIMIT = 1 << 20  # bytes of raw events kept per stream (1 MiB)
 
@@ -96,21 +97,31 @@ def _texts(message: Any, out: list[str]) -> None:
             out.extend(v for v in (fn.get("name"), fn.get("arguments")) if isinstance(v, str))
 
 
+def encoding(ctx: RequestContext) -> str:
+    """The tiktoken encoding for the deployment that answered (or was asked)."""
+    return encoding_for(ctx.deployment.model if ctx.deployment is not None else ctx.model)[0]
+
+
+async def prepare(ctx: RequestContext, counter: TokenCounter) -> None:
+    """Load the encoding off the event loop (once per process) before counting."""
+    await counter.prepare(encoding(ctx))
+
+
 def estimate(ctx: RequestContext, counter: TokenCounter, completion: str,
              extra_completion_tokens: int = 0) -> Usage:
-    """Usage of ``ctx``'s request as sent upstream plus ``completion``, estimated."""
-    model = ctx.deployment.model if ctx.deployment is not None else ctx.model
+    """Usage of ``ctx``'s request as sent upstream plus ``completion``, estimated: the
+    best guess (no reservation margin); bytes / 3 if the encoding is not loaded yet."""
+    name = encoding(ctx)
     if ctx.operation == "embeddings":
-        prompt = counter.count_input(ctx.body.get("input"), model)
+        prompt = counter.embeddings_input(name, ctx.body.get("input"))
     else:
-        prompt = counter.count_messages(ctx.body.get("messages"), model)
-    completion_tokens = counter.count(completion, model) + extra_completion_tokens
+        prompt = counter.chat_prompt(name, ctx.body)
+    completion_tokens = counter.count(name, completion) + extra_completion_tokens
     return Usage(prompt_tokens=prompt, completion_tokens=completion_tokens, estimated=True)
 
 
 def estimate_stream(ctx: RequestContext, counter: TokenCounter, tap: StreamTap) -> None:
-    """At the end of a stream (clean or not): fill ``ctx.usage`` if the provider sent
-    none and the provider answered at all."""
+    """At the end of a complete stream: fill ``ctx.usage`` if the provider sent none."""
     if ctx.usage is None and ctx.deployment is not None and (tap.events or tap.overflow):
         text, model = read_events(tap.events)
         ctx.usage = estimate(ctx, counter, text, tap.overflow)

@@ -93,12 +93,13 @@ class Refuser(Policy):
 
 
 def install(stack: Stack, tenant: str, *policies: Policy) -> None:
-    """Give ``tenant`` this policy chain (policies/ has no test policies to name)."""
+    """Append these policies to ``tenant``'s chain (policies/ has no test policies to
+    name)."""
     assert stack.app is not None
     holder = stack.app[POLICIES]
     current = holder.current
     old = current.tenants[tenant]
-    new = dataclasses.replace(old, policies=tuple(policies))
+    new = dataclasses.replace(old, policies=(*old.policies, *policies))
     tenants = {**current.tenants, tenant: new}
     by_key = {k: (new if t is old else t) for k, t in current.by_key.items()}
     holder.swap(dataclasses.replace(current, tenants=tenants, by_key=by_key))

@@ -27,7 +27,8 @@ def tenant(mock: str) -> dict[str, Any]:
               {"provider": "openai", "model": "gpt-4o-mini", "name": "up",
                "api_base": f"{mock}/v1"}],
         "quiet": [{"provider": "openai", "model": "gpt-4o-mini",
-                   "api_base": f"{mock}/f/no_usage=1/v1"}]}}
+                   "api_base": f"{mock}/f/no_usage=1/v1"}]},
+        "limits": {"rpm": 6}, "budget": {"usd": 10.0}}
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +44,11 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
             client.post(f"{s.mock_url}/_mock/faults", json={"status": 500})
             assert chat(s, "m", "x", key=KEY).status_code >= 500
             client.post(f"{s.mock_url}/_mock/faults", json={})
+        codes = [chat(s, "m", "y", key=KEY).status_code for _ in range(6)]
+        assert 429 in codes  # the real rate limit (rpm 6) refused at least once
         services = s.app[SERVICES]  # type: ignore[index]
         record = services.shared("reload_metrics", lambda: None)
         record(ReloadOutcome(trigger="watch", ok=True, version=2, error=None, duration_s=0.1))
-        services.metrics.budget("t", 1.0, 2.0)
-        services.metrics.store_error("eval")
-        services.metrics.fail_open(True)
         text = httpx.get(f"{s.proxy_url}/metrics").text
     out: dict[str, set[str]] = {}
     for name, labels in parse(text):

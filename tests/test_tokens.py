@@ -1,94 +1,107 @@
-"""Offline token counting with the tiktoken files litellm ships."""
+"""Prompt token counting: offline tiktoken, cached per text, a safe estimate without it."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+import tiktoken
 
-from proxy import tokens
+from proxy.context import RequestContext
+from proxy.tenants import Deployment
 from proxy.tokens import (
-    DEFAULT_ENCODING,
-    PER_MESSAGE,
-    REPLY_PRIMING,
+    FOREIGN_MARGIN,
+    IMAGE_TOKENS,
     TokenCounter,
-    encoding_name,
-    message_texts,
+    encoding_for,
+    estimate,
     tokenizer_dir,
 )
-from tests.support import env_for_subprocess
+
+TEXT = "The quick brown fox jumps over the lazy dog, twice; then naps."
 
 
-def test_encodings_follow_the_model() -> None:
-    assert encoding_name("gpt-4o-mini") == "o200k_base"
-    assert encoding_name("openai/gpt-4o") == "o200k_base"
-    assert encoding_name("gpt-4") == "cl100k_base"
-    assert encoding_name("llama-3-70b") == DEFAULT_ENCODING
-    # tiktoken knows p50k_base for this one, but litellm ships no copy: never download.
-    assert encoding_name("text-davinci-003") == DEFAULT_ENCODING
+def test_litellm_ships_the_encodings() -> None:
+    folder = tokenizer_dir()
+    assert folder is not None and folder.is_dir()
+    assert any(p.stat().st_size > 1_000_000 for p in folder.iterdir() if p.is_file())
 
 
-def test_counts_equal_tiktoken() -> None:
+def test_encoding_choice() -> None:
+    assert encoding_for("gpt-4o-mini-2024-07-18") == ("o200k_base", 1.0)
+    assert encoding_for("azure/gpt-4") == ("cl100k_base", 1.0)
+    assert encoding_for("claude-3-5-haiku-latest") == ("cl100k_base", FOREIGN_MARGIN)
+
+
+async def test_counts_match_tiktoken_and_are_cached() -> None:
     counter = TokenCounter()
-    text = "Warden counts tokens offline, even for émoji 🚀 and code: def f(x): return x"
-    import tiktoken  # TokenCounter pointed tiktoken at litellm's copies on first use
+    await counter.prepare("o200k_base")
+    expected = len(tiktoken.get_encoding("o200k_base").encode_ordinary(TEXT))
+    assert counter.count("o200k_base", TEXT) == expected
+    assert counter.count("o200k_base", TEXT) == expected  # from the cache
+    body = {"messages": [{"role": "system", "content": TEXT},
+                         {"role": "user", "name": "bob", "content": [
+                             {"type": "text", "text": TEXT},
+                             {"type": "image_url", "image_url": {"url": "data:,"}}]},
+                         {"role": "assistant", "tool_calls": [
+                             {"id": "c1", "type": "function",
+                              "function": {"name": "f", "arguments": '{"a": 1}'}}]},
+                         {"role": "tool", "tool_call_id": "c1", "content": "ok"}]}
+    total = counter.chat_prompt("o200k_base", body)
+    # Two copies of TEXT, one image, and per-message overheads on top.
+    assert total > 2 * expected + IMAGE_TOKENS
+    assert total < 2 * expected + IMAGE_TOKENS + 60
 
-    assert counter.count(text, "gpt-4o") == len(tiktoken.get_encoding("o200k_base").encode(text))
-    assert counter.count(text) == len(tiktoken.get_encoding("cl100k_base").encode(text))
-    assert counter.count("") == 0
 
-
-def test_messages_include_every_part_and_the_chat_overhead() -> None:
+async def test_without_the_encoding_file_it_estimates_and_downloads_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))  # empty: nothing to load
+    monkeypatch.setattr("tiktoken.load.read_file", _no_network)
     counter = TokenCounter()
-    messages = [
-        {"role": "system", "content": "be brief"},
-        {"role": "user", "content": [{"type": "text", "text": "hello"},
-                                     {"type": "image_url", "image_url": {"url": "x"}}]},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "c1", "type": "function", "function": {"name": "lookup",
-                                                          "arguments": '{"q": "x"}'}}]},
-        {"role": "tool", "tool_call_id": "c1", "name": "lookup", "content": "sunny"},
-    ]
-    assert message_texts(messages[2]) == ["lookup", '{"q": "x"}']
-    expected = REPLY_PRIMING + sum(
-        PER_MESSAGE + counter.count(" ".join(message_texts(m))) for m in messages)
-    assert counter.count_messages(messages) == expected
-    assert counter.count_messages("not a list") == 0
+    await counter.prepare("cl100k_base")
+    assert counter.count("cl100k_base", TEXT) == len(TEXT.encode()) // 3 + 1
 
 
-def test_embedding_inputs() -> None:
+def _no_network(blobpath: str) -> bytes:
+    raise AssertionError(f"tried to download {blobpath}")
+
+
+async def test_estimate_is_worst_case_and_kept_on_the_context() -> None:
+    ctx = RequestContext(request_id="r", operation="chat", model="m", body={
+        "model": "m", "messages": [{"role": "user", "content": TEXT}], "max_tokens": 50,
+        "n": 3}, deployments=(Deployment(provider="openai", model="gpt-4o"),))
     counter = TokenCounter()
-    assert counter.count_input([1, 2, 3]) == 3  # already token ids
-    assert counter.count_input(["ab cd", "ef"]) == counter.count("ab cd") + counter.count("ef")
-    assert counter.count_input(None) == 0
+    found = await estimate(ctx, counter, default_max_output=999)
+    assert found.max_output == 150
+    assert found.prompt == counter.chat_prompt("o200k_base", ctx.body)
+    ctx.body["messages"].append({"role": "user", "content": TEXT})
+    assert await estimate(ctx, counter, default_max_output=999) is found
+
+    embed = RequestContext(request_id="e", operation="embeddings", model="e",
+                           body={"model": "e", "input": [TEXT, [1, 2, 3]]})
+    found = await estimate(embed, counter, default_max_output=999)
+    assert found.max_output == 0
+    assert found.prompt > 3
 
 
-def test_no_network_and_no_litellm_import(tmp_path: Path) -> None:
-    """Counting in a fresh process with networking disabled: the files come from
-    litellm's package directory, and litellm itself is not imported."""
-    assert tokenizer_dir() is not None
-    code = (
-        "import socket, sys\n"
-        "def no_net(*a, **k): raise OSError('network disabled in this test')\n"
-        "socket.socket.connect = no_net\n"
-        "socket.create_connection = no_net\n"
-        "from proxy.tokens import TokenCounter\n"
-        "c = TokenCounter(); n = c.count('hello world', 'gpt-4o')\n"
-        "assert not c.fallback and n == 2, n\n"
-        "assert 'litellm' not in sys.modules\n"
-        "print('ok')\n")
-    # Even a cache dir set elsewhere (empty here) does not cause a download attempt.
-    env = env_for_subprocess(TIKTOKEN_CACHE_DIR=str(tmp_path))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=env, timeout=60)
-    assert out.stdout.strip() == "ok", out.stderr
+async def test_a_request_an_output_contract_may_retry_reserves_two_calls() -> None:
+    from proxy.tenants import Tenant, TenantConfig
 
+    config = TenantConfig.model_validate({
+        "tenant": "acme", "keys": ["vk-tokens-key-1"],
+        "models": {"m": [{"provider": "openai", "model": "gpt-4o"}]},
+        "output": {"schema": {"type": "object"}, "on_failure": "retry"}})
+    tenant = Tenant(config=config, policies=(), source=Path("x"))
 
-def test_missing_tokenizer_files_degrade_to_a_character_estimate(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tokens, "tokenizer_dir", lambda: None)
+    def ctx(stream: bool) -> RequestContext:
+        return RequestContext(request_id="r", operation="chat", model="m", stream=stream,
+                              tenant=tenant, deployments=tenant.routes("m") or (),
+                              body={"model": "m", "messages": [{"role": "user",
+                                                                "content": TEXT}],
+                                    "max_tokens": 10})
+
     counter = TokenCounter()
-    assert counter.count("x" * 40, "gpt-4o") == 10
-    assert counter.fallback
+    plain = await estimate(ctx(False), counter, default_max_output=999)
+    streamed = await estimate(ctx(True), counter, default_max_output=999)
+    assert plain.max_output == 20 and streamed.max_output == 10  # streams are never retried
+    assert plain.prompt == 2 * streamed.prompt

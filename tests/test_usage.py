@@ -18,6 +18,7 @@ from proxy.usage import (
     completion_text_of_events,
     estimate_reply,
     estimate_stream,
+    prepare,
     read_events,
 )
 
@@ -66,16 +67,17 @@ def test_tap_is_bounded_and_counts_what_it_dropped() -> None:
     assert len(tap.events) + tap.overflow == n and tap.overflow > 0
 
 
-def test_estimate_stream_only_when_the_provider_sent_none() -> None:
+async def test_estimate_stream_only_when_the_provider_sent_none() -> None:
     counter = TokenCounter()
+    await counter.prepare("o200k_base")  # gpt-4o-mini's
     messages = [{"role": "user", "content": "count me"}]
     ctx = ctx_for(messages=messages)
     tap = StreamTap()
     for piece in ("Echo: ", "count ", "me"):
         tap.add(event({"content": piece}, model="gpt-4o-mini-2024"))
     estimate_stream(ctx, counter, tap)
-    assert ctx.usage == Usage(counter.count_messages(messages, "gpt-4o-mini"),
-                              counter.count("Echo: count me", "gpt-4o-mini"), estimated=True)
+    assert ctx.usage == Usage(counter.chat_prompt("o200k_base", {"messages": messages}),
+                              counter.count("o200k_base", "Echo: count me"), estimated=True)
     assert ctx.response_model == "gpt-4o-mini-2024"
     reported = ctx_for(messages=messages)
     reported.usage = Usage(5, 6)
@@ -88,14 +90,17 @@ def test_estimate_stream_only_when_the_provider_sent_none() -> None:
     assert unanswered.usage is None
 
 
-def test_estimate_reply_embeddings_and_chat() -> None:
+async def test_estimate_reply_embeddings_and_chat() -> None:
     counter = TokenCounter()
     emb = ctx_for("embeddings", input=["alpha beta", "gamma"])
+    await prepare(emb, counter)
     estimate_reply(emb, counter, {"data": []})
-    assert emb.usage == Usage(counter.count_input(["alpha beta", "gamma"], "gpt-4o-mini"), 0,
-                              estimated=True)
+    assert emb.usage == Usage(counter.embeddings_input("o200k_base", ["alpha beta", "gamma"]),
+                              0, estimated=True)
     chat = ctx_for(messages=[{"role": "user", "content": "q"}])
     reply = json.loads('{"choices": [{"message": {"content": "an answer"}}]}')
     estimate_reply(chat, counter, reply)
     assert chat.usage is not None and chat.usage.estimated
-    assert chat.usage.completion_tokens == counter.count("an answer", "gpt-4o-mini")
+    assert chat.usage.completion_tokens == counter.count("o200k_base", "an answer")
+    # Counted with tiktoken, not the bytes fallback: o200k_base makes 2 tokens of it.
+    assert chat.usage.completion_tokens == 2

@@ -107,12 +107,15 @@ ROWS: list[tuple[str, list[Panel]]] = [
             "tokenizer because the provider reported no usage."),
     ]),
     ("Budgets", [
-        Panel("Budget remaining (burn-down)", "timeseries", (
-            ("{{tenant}}", f"max by (tenant) (warden_budget_remaining_usd{T})"),),
-            unit="currencyUSD", width=12),
-        Panel("Budget spent", "timeseries", (
-            ("{{tenant}}", f"max by (tenant) (warden_budget_spent_usd{T})"),),
-            unit="currencyUSD", width=12),
+        Panel("Budget remaining, USD (burn-down)", "timeseries", (
+            ("{{tenant}}",
+             f'max by (tenant) (warden_budget_remaining{{{TS}, unit="usd"}})'),),
+            unit="currencyUSD", width=12, description="Left in the current period, as "
+            "the budget policy last saw it (spent and reserved deducted)."),
+        Panel("Budget used", "timeseries", (
+            ("{{tenant}} {{unit}}", f"max by (tenant, unit) (warden_budget_used_ratio{T})"),),
+            unit="percentunit", width=12, description="Spent plus reserved over the "
+            "budget; the soft threshold warns at 80% by default."),
     ]),
     ("Policies", [
         Panel("Policy decisions", "timeseries", (
@@ -123,9 +126,9 @@ ROWS: list[tuple[str, list[Panel]]] = [
             ("{{policy}} {{action}} {{reason}}", "topk(8, sum by (policy, action, reason) "
              f"(increase(warden_policy_decisions_total{T}[$__range])))"),),
             instant=True, width=8),
-        Panel("Rate-limit refusals", "timeseries", (
-            ("{{tenant}} {{limit}}",
-             f"sum by (tenant, limit) (rate(warden_rate_limit_refusals_total{T}[{RI}]))"),),
+        Panel("Limit and budget refusals", "timeseries", (
+            ("{{tenant}} {{policy}} {{limit}}", "sum by (tenant, policy, limit) "
+             f"(rate(warden_limit_refusals_total{T}[{RI}]))"),),
             unit="reqps", width=6),
     ]),
     ("Providers", [
@@ -147,12 +150,13 @@ ROWS: list[tuple[str, list[Panel]]] = [
             ("{{error_type}}", "sum by (error_type) (rate("
              f'gen_ai_client_operation_duration_seconds_count{{{TS}, error_type!=""}}[{RI}]))'),),
             unit="reqps", width=8, description="Requests that failed after every attempt."),
-        Panel("Store errors", "timeseries", (
-            ("{{operation}}", f"sum by (operation) (rate(warden_store_errors_total[{RI}]))"),),
-            unit="ops", width=8),
-        Panel("Store fail-open mode", "state-timeline", (
-            ("fail-open", "max(warden_store_fail_open)"),), width=8,
-            mappings=(("0", "normal", "green"), ("1", "fail-open", "orange"))),
+        Panel("Decisions on per-replica counters", "timeseries", (
+            ("fallback", f"sum(rate(warden_store_fallback_requests_total[{RI}]))"),),
+            unit="reqps", width=8, description="Requests decided by local counters because "
+            "Redis was unreachable (store_failure_mode=open)."),
+        Panel("Store (Redis) reachable", "state-timeline", (
+            ("store", "max(warden_store_degraded)"),), width=8,
+            mappings=(("0", "reachable", "green"), ("1", "degraded", "orange"))),
     ]),
     ("Operations", [
         Panel("Policy reloads (policy set version)", "timeseries", (

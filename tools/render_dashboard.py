@@ -12,12 +12,12 @@ for a while, so requests fail over and its breaker opens; a provider without usa
 (estimated tokens); Prometheus scraping ``/metrics`` every second; every panel's PromQL
 from ``tools/dashboard.py``, evaluated by that Prometheus.
 
-What is scripted, because the code that produces it lands from other issues: policy
-decisions (a stand-in policy records PII / injection / scope decisions and refuses some
-requests as a rate limit would), budget gauges (remaining = a fixed budget minus the
-tenant's real ``warden_cost_usd_total``) and a short store outage. Policy-file edits
-(one harmless, one broken then fixed) go through the real hot reload. They are fed through
-the same ``Metrics`` setters and context fields the real modules use.
+Also real: the limits and budget policies (rpm limits and daily USD budgets small enough
+to refuse within the run) and the hot reload (one harmless policy edit, one broken file,
+then the fix). Scripted: PII / injection / scope decisions (a stand-in policy records
+them through ``ctx.decide`` as those policies do, and refuses a few requests), because
+running Presidio and the detector here would measure them rather than the dashboard; the
+store is the in-memory one, so the Redis panels stay flat.
 """
 
 from __future__ import annotations
@@ -47,15 +47,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from proxy import policies
 from proxy.app import create_app
-from proxy.appkeys import SERVICES
 from proxy.context import RequestContext
-from proxy.errors import PermissionDenied, RateLimited
-from proxy.metrics import Metrics
+from proxy.errors import PermissionDenied
 from proxy.pipeline import Policy
 from proxy.settings import Settings
 from tools.dashboard import ROWS, Panel, layout
 
-BUDGETS = {"research": 1.0, "support": 0.05, "batch": 0.06}  # USD, sized for 4 minutes
 KEYS = {"research": "vk-render-research", "support": "vk-render-support",
         "batch": "vk-render-batch-0"}
 
@@ -63,7 +60,10 @@ KEYS = {"research": "vk-render-research", "support": "vk-render-support",
 def tenants(mock: str, primary: str) -> list[dict[str, Any]]:
     slow = f"{mock}/f/latency_ms=90,chunk_delay_ms=12/v1"
     return [
-        {"tenant": "research", "keys": [KEYS["research"]], "models": {
+        # Budgets and limits are the real policies, sized to bite within 4 minutes.
+        {"tenant": "research", "keys": [KEYS["research"]],
+         "budget": {"usd": 0.55, "period": "day", "max_tokens": 400},
+         "models": {
             "gpt-4o": [
                 {"provider": "openai", "model": "gpt-4o", "name": "primary-gpt-4o",
                  "api_base": f"{primary}/f/latency_ms=140,chunk_delay_ms=18/v1"},
@@ -71,14 +71,16 @@ def tenants(mock: str, primary: str) -> list[dict[str, Any]]:
                  "api_base": f"{mock}/f/latency_ms=220,chunk_delay_ms=20"}],
             "gpt-4o-mini": [{"provider": "openai", "model": "gpt-4o-mini", "api_base": slow}],
         }},
-        {"tenant": "support", "keys": [KEYS["support"]], "models": {
+        {"tenant": "support", "keys": [KEYS["support"]], "limits": {"rpm": 150},
+         "budget": {"usd": 0.08, "period": "day", "max_tokens": 400}, "models": {
             "gpt-4o-mini": [{"provider": "openai", "model": "gpt-4o-mini", "api_base": slow}],
             "local-llama": [{"provider": "vllm", "model": "llama-3.1-8b",
                              "api_base": f"{mock}/f/no_usage=1,latency_ms=60,"
                                          "chunk_delay_ms=8,status=500,fail_rate=0.04/v1",
                              "input_cost_per_token": 2e-7, "output_cost_per_token": 2e-7}],
         }},
-        {"tenant": "batch", "keys": [KEYS["batch"]], "models": {
+        {"tenant": "batch", "keys": [KEYS["batch"]], "limits": {"rpm": 100, "tpm": 60000},
+         "models": {
             "text-embedding-3-small": [{"provider": "openai", "model": "text-embedding-3-small",
                                         "api_base": f"{mock}/f/latency_ms=30/v1"}],
             "gpt-4o-mini": [{"provider": "openai", "model": "gpt-4o-mini", "api_base": slow}],
@@ -87,8 +89,8 @@ def tenants(mock: str, primary: str) -> list[dict[str, Any]]:
 
 
 class ScriptedPolicies(Policy):
-    """Stands in for pii / injection / scope / limits: records decisions the way they
-    do, and refuses some requests."""
+    """Stands in for pii / injection / scope: records decisions the way they do, and
+    refuses a few requests."""
 
     name = "scripted"
 
@@ -97,10 +99,7 @@ class ScriptedPolicies(Policy):
 
     async def on_request(self, ctx: RequestContext) -> None:
         r = self.rng.random()
-        if r < 0.05:
-            ctx.decide("limits", "refuse", self.rng.choice(["rpm", "rpm", "tpm"]))
-            raise RateLimited("limits: scripted refusal", retry_after_s=1)
-        if r < 0.07:
+        if r < 0.02:
             ctx.decide("scope", "block", "tool_not_allowed")
             raise PermissionDenied("scope: scripted refusal")
         if ctx.operation == "chat":
@@ -113,12 +112,9 @@ class ScriptedPolicies(Policy):
 
 
 class Scenario:
-    """Background state changes: a primary outage (through the mock), budgets, a store
-    outage."""
+    """Background state changes: a primary outage (through the mock) and policy edits."""
 
-    def __init__(self, metrics: Metrics, primary_url: str, seconds: float,
-                 policies: Path) -> None:
-        self.metrics = metrics
+    def __init__(self, primary_url: str, seconds: float, policies: Path) -> None:
         self.primary_url = primary_url
         self.seconds = seconds
         self.policies = policies
@@ -141,13 +137,8 @@ class Scenario:
             else:
                 support.write_text(self.good)
 
-    def cost(self, tenant: str) -> float:
-        return sum(child._value.get() for labels, child in self.metrics.cost._metrics.items()
-                   if labels[0] == tenant)  # the counter's own value (prometheus_client 0.26)
-
     async def run(self) -> None:
         outage = (0.45 * self.seconds, 0.6 * self.seconds)
-        store = (0.75 * self.seconds, 0.82 * self.seconds)
         in_outage = False
         edits: set[str] = set()
         async with aiohttp.ClientSession() as http:
@@ -159,13 +150,6 @@ class Scenario:
                     in_outage = want
                     spec = {"status": 503} if want else {"status": 503, "fail_rate": 0.08}
                     await http.post(f"{self.primary_url}/_mock/faults", json=spec)
-                for tenant, budget in BUDGETS.items():
-                    spent = self.cost(tenant)
-                    self.metrics.budget(tenant, spent, max(0.0, budget - spent))
-                down = store[0] <= now < store[1]
-                self.metrics.fail_open(down)
-                if down:
-                    self.metrics.store_error("eval")
                 await asyncio.sleep(1)
 
 
@@ -291,7 +275,7 @@ async def run_stack(seconds: float, workdir: Path) -> str:
     try:
         await asyncio.sleep(3)
         start = time.time()
-        scenario = Scenario(app[SERVICES].metrics, primary, seconds, pdir)
+        scenario = Scenario(primary, seconds, pdir)
         task = asyncio.create_task(scenario.run())
         agents.start()
         await asyncio.get_running_loop().run_in_executor(None, agents.join)
