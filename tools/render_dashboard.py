@@ -71,7 +71,7 @@ def tenants(mock: str, primary: str) -> list[dict[str, Any]]:
                  "api_base": f"{mock}/f/latency_ms=220,chunk_delay_ms=20"}],
             "gpt-4o-mini": [{"provider": "openai", "model": "gpt-4o-mini", "api_base": slow}],
         }},
-        {"tenant": "support", "keys": [KEYS["support"]], "limits": {"rpm": 150},
+        {"tenant": "support", "keys": [KEYS["support"]], "limits": {"rpm": 240},
          "budget": {"usd": 0.08, "period": "day", "max_tokens": 400}, "models": {
             "gpt-4o-mini": [{"provider": "openai", "model": "gpt-4o-mini", "api_base": slow}],
             "local-llama": [{"provider": "vllm", "model": "llama-3.1-8b",
@@ -79,7 +79,7 @@ def tenants(mock: str, primary: str) -> list[dict[str, Any]]:
                                          "chunk_delay_ms=8,status=500,fail_rate=0.04/v1",
                              "input_cost_per_token": 2e-7, "output_cost_per_token": 2e-7}],
         }},
-        {"tenant": "batch", "keys": [KEYS["batch"]], "limits": {"rpm": 100, "tpm": 60000},
+        {"tenant": "batch", "keys": [KEYS["batch"]], "limits": {"rpm": 150, "tpm": 60000},
          "models": {
             "text-embedding-3-small": [{"provider": "openai", "model": "text-embedding-3-small",
                                         "api_base": f"{mock}/f/latency_ms=30/v1"}],
@@ -177,6 +177,9 @@ async def traffic(proxy: str, seconds: float, rng: random.Random) -> int:
                 try:
                     async with http.post(url, json=body) as r:
                         await r.read()
+                        if r.status == 429:  # as the openai SDK does: wait, then go on
+                            await asyncio.sleep(min(2.0, float(
+                                r.headers.get("Retry-After", "1"))))
                 except aiohttp.ClientError:
                     pass
                 sent += 1
