@@ -140,8 +140,8 @@ def _client(url: str, n: int, rounds: int, stream: bool, out: Any) -> None:
     out.put(asyncio.run(run()))
 
 
-async def bench_end_to_end(n: int, rounds: int, stream: bool,
-                           devnull: TextIO) -> dict[str, float]:
+async def bench_end_to_end(n: int, rounds: int, stream: bool, devnull: TextIO,
+                           control: bool = False) -> dict[str, float]:
     """One proxy whose telemetry a bench-only route switches on and off between blocks
     of requests (same process, port and pools for both); the mock on the same loop; the
     client in another process, so work done after the last byte left (a stream's
@@ -157,7 +157,7 @@ async def bench_end_to_end(n: int, rounds: int, stream: bool,
     access = metrics.access
 
     async def toggle(request: web.Request) -> web.Response:
-        on = request.query["on"] == "1"
+        on = request.query["on"] == "1" or control  # control: "off" is on too
         metrics.enabled = on  # what WARDEN_METRICS_ENABLED=false does
         metrics.access = access if on else None  # what WARDEN_ACCESS_LOG=false does
         return web.Response(text="ok")
@@ -182,6 +182,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=3000, help="requests per round and config")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--control", action="store_true",
+                        help="leave telemetry on in both states: the noise floor")
     args = parser.parse_args()
     devnull = open(os.devnull, "w")  # noqa: SIM115  (lives as long as the process)
     print("record() per request, µs (metrics + cost + JSON log line to /dev/null):")
@@ -189,7 +191,8 @@ def main() -> None:
         print(f"  {k:12s} {v:8.2f}")
     for stream in (False, True):
         label = "stream (mock's word chunks)" if stream else "plain"
-        res = asyncio.run(bench_end_to_end(args.n, args.rounds, stream, devnull))
+        res = asyncio.run(bench_end_to_end(args.n, args.rounds, stream, devnull,
+                                           args.control))
         print(f"end to end, {label}, {res['requests each']:.0f} requests each, alternating:")
         print(f"  with telemetry p50 {res['on p50 ms']:.3f} ms, without "
               f"{res['off p50 ms']:.3f} ms, added {res['added p50 ms'] * 1000:+.1f} µs")
