@@ -6,7 +6,7 @@ and targets. ``run.py`` then measures it side by side with direct-to-mock and Li
 Proxy (both run once per distinct workload) and with the other scenarios, e.g.::
 
     Scenario(
-        name="limits+budget/redis",
+        name="limits-budget-redis",
         description="limits and budget on the shared Redis",
         sections={"limits": {"rpm": 10_000_000}, "budget": {"usd": 1e9, "period": "month"}},
         env={"WARDEN_REDIS_URL": "redis://127.0.0.1:6379/0"},
@@ -135,14 +135,14 @@ SCENARIOS: list[Scenario] = [
         targets=CORE_TARGETS,
     ),
     Scenario(
-        name="limits+budget/redis",
+        name="limits-budget-redis",
         description="limits and budget on the shared Redis (issue 5)",
         sections=UNREFUSING,
         env=REDIS,
         targets=(Target("added_p50_ms", max=0.3, vs="warden"),),
     ),
     Scenario(
-        name="whole-chain/20-turns",
+        name="whole-chain-20-turns",
         description="limits+budget on Redis, loops, scope, injection, PII, telemetry on a "
                     "20-turn AutoGen-shaped conversation; every message already judged and "
                     "scanned (the cached path a resent history takes)",

@@ -20,7 +20,8 @@ def test_short_run_measures_every_column(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     results, raw = tmp_path / "RESULTS.md", tmp_path / "raw.json"
-    code = run.main(["--no-litellm", "--duration", "0.4", "--warmup", "0.1", "--rounds", "1",
+    code = run.main(["--no-litellm", "--scenarios", "warden", "--duration", "0.4",
+                     "--warmup", "0.1", "--rounds", "1",
                      "--append", str(results), "--json", str(raw), "--note", "test run"])
     assert code == 0
     printed = capsys.readouterr().out
