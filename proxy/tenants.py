@@ -18,14 +18,20 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
     model_validator,
 )
 
+from proxy.config import Frozen
+from proxy.policies.budget import BudgetConfig
+from proxy.policies.injection import InjectionConfig
+from proxy.policies.limits import LimitsConfig
+from proxy.policies.loops import LoopsConfig
+from proxy.policies.output import OutputConfig
+from proxy.policies.pii import PiiConfig
+from proxy.policies.scope import ScopeConfig
 from proxy.upstream.providers import FAST_PROVIDERS
 
 if TYPE_CHECKING:
@@ -33,10 +39,6 @@ if TYPE_CHECKING:
     from proxy.services import Services
 
 
-class Frozen(BaseModel):
-    """Base of every policy-file model: unknown keys are errors, values are immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Timeouts(Frozen):
@@ -154,15 +156,6 @@ class ModelRoute(Frozen):
         return [*self.deployments, *extra]
 
 
-# Policy sections. Imported here, below Frozen, because each policy module subclasses
-# Frozen; proxy/policies/__init__.py imports this module first, so either import order works.
-from proxy.policies.budget import BudgetConfig  # noqa: E402
-from proxy.policies.injection import InjectionConfig  # noqa: E402
-from proxy.policies.limits import LimitsConfig  # noqa: E402
-from proxy.policies.loops import LoopsConfig  # noqa: E402
-from proxy.policies.output import OutputConfig  # noqa: E402
-from proxy.policies.pii import PiiConfig  # noqa: E402
-from proxy.policies.scope import ScopeConfig  # noqa: E402
 
 
 class TenantConfig(Frozen):

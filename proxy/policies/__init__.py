@@ -12,10 +12,6 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-# Policy modules subclass tenants.Frozen and tenants.py imports their config models:
-# loading tenants first makes `import proxy.policies.<key>` work as a first import.
-import proxy.tenants  # noqa: F401
-
 if TYPE_CHECKING:
     from proxy.pipeline import Policy
     from proxy.services import Services

@@ -39,11 +39,11 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, model_validator
 
 from proxy.admission import AdmissionPolicy, billed, go_duration
+from proxy.config import Frozen
 from proxy.context import RequestContext, StateKey
 from proxy.errors import QuotaExceeded, RateLimited, WardenError
 from proxy.prices import FREE, NANO_PER_USD, Price
 from proxy.store import NO_SWEEP, Check, Spend, Verdict
-from proxy.tenants import Frozen
 from proxy.tokens import DEFAULT_MAX_OUTPUT, ESTIMATE, Estimate, estimate, requested_max_output
 
 if TYPE_CHECKING:

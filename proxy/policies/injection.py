@@ -28,6 +28,7 @@ from typing import Any, Literal
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import Field
 
+from proxy.config import Frozen
 from proxy.context import RequestContext, StateKey
 from proxy.errors import ContentFiltered, ServiceUnavailable
 from proxy.injection.canary import LeakScanner, new_token, plant, redact
@@ -36,7 +37,6 @@ from proxy.injection.detector import Detector, Verdict, VerdictCache
 from proxy.injection.spotlight import spotlight
 from proxy.pipeline import Chunk, Policy
 from proxy.services import Services
-from proxy.tenants import Frozen
 
 log = logging.getLogger("warden.injection")
 

@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field, field_validator, model_validator
 
 from proxy.admission import AdmissionPolicy, billed, go_duration
+from proxy.config import Frozen
 from proxy.context import RequestContext
 from proxy.errors import RateLimited, WardenError
 from proxy.store import Check, Slots, State, Verdict, Window
-from proxy.tenants import Frozen
 from proxy.tokens import (
     DEFAULT_MAX_OUTPUT,
     ESTIMATE,

@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from prometheus_client import Counter
 from pydantic import Field
 
+from proxy.config import Frozen
 from proxy.context import RequestContext
 from proxy.errors import ContentFiltered
 from proxy.pipeline import Policy
-from proxy.tenants import Frozen
 
 if TYPE_CHECKING:
     from proxy.services import Services

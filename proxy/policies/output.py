@@ -54,12 +54,12 @@ from jsonschema.exceptions import SchemaError
 from jsonschema.protocols import Validator
 from pydantic import Field, field_validator
 
+from proxy.config import Frozen
 from proxy.context import RequestContext, StateKey
 from proxy.errors import BadRequest, ContentFiltered
 from proxy.pipeline import Chunk, Policy, RetryUpstream
 from proxy.schemas import ValidatorCache, check_schema, first_error
 from proxy.services import Services
-from proxy.tenants import Frozen
 
 OnFailure = Literal["refuse", "retry"]
 _OBJECT_SCHEMA: dict[str, Any] = {"type": "object"}

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from proxy.config import Frozen
 from proxy.context import RequestContext, StateKey
 from proxy.pii.cache import ScanCache, Spans
 from proxy.pii.parts import extract
@@ -31,7 +32,6 @@ from proxy.pii.restore import ReplyRestorer, restore_message
 from proxy.pii.scanner import Scanner, fingerprint
 from proxy.pipeline import Chunk, Policy
 from proxy.services import Services
-from proxy.tenants import Frozen
 
 _ENTITY = r"^[A-Z][A-Z0-9_]{1,40}$"
 _SECRET_REF = re.compile(r"^(env:[A-Za-z_][A-Za-z0-9_]*|file:.+)$")

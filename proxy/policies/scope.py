@@ -28,11 +28,11 @@ from typing import Any, Literal, NoReturn
 
 from pydantic import Field, field_validator
 
+from proxy.config import Frozen
 from proxy.context import RequestContext
 from proxy.errors import PermissionDenied
 from proxy.pipeline import Policy
 from proxy.services import Services
-from proxy.tenants import Frozen
 
 ResponseFormat = Literal["text", "json_object", "json_schema"]
 _ECHO_MAX = 48  # longest user-controlled value repeated in a refusal
