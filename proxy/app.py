@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
+from proxy import logsafe
 from proxy.appkeys import POLICIES, SERVICES, SETTINGS, UPSTREAM
 from proxy.errors import BadRequest, PayloadTooLarge, WardenError
 from proxy.metrics import Metrics
@@ -100,6 +101,7 @@ def create_app(settings: Settings, services: Services | None = None) -> web.Appl
             store=create_store(settings.redis_url, settings.redis_prefix),
             metrics=Metrics(access_log_enabled=settings.access_log),
         )
+    logsafe.install()
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[openai_errors])
     app[SETTINGS] = settings
     app[SERVICES] = services
