@@ -49,6 +49,8 @@ def run_hypothesis(url: str, verdict: Verdict, examples: int) -> None:
     def send(path: str, content: bytes, headers: dict[str, str], label: str) -> None:
         try:
             r = client.post(path, content=content, headers=headers)
+        except httpx.LocalProtocolError:
+            return  # the client refused to send it; the raw cases cover that
         except httpx.TransportError as e:
             verdict.cases += 1
             verdict.crashes += 1

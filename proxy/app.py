@@ -62,7 +62,8 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
         err = BadRequest(f"malformed request: {e}")
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        err = _RouteError(500, "internal error in Warden; see its log", "internal_error")
+        # Base WardenError: status 500, type server_error (not an invalid_request_error).
+        err = WardenError("internal error in Warden; see its log", code="internal_error")
     return web.json_response(err.body(), status=err.status, headers=err.headers)
 
 

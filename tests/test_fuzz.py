@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bench import fuzzing
@@ -77,6 +77,11 @@ def _send(client: httpx.Client, verdict: Verdict, path: str, content: bytes,
 
 @given(body=fuzzing.chat_bodies(), path=st.sampled_from(fuzzing.ENDPOINTS),
        key=st.sampled_from([KEY, KEY, *FAULTY_KEYS]))
+# Found by bench/fuzz.py: an unhashable role was a 500 (TypeError in validate.chat).
+@example(body={"model": "gpt-4o-mini", "messages": [{"role": {}, "content": "hi"}]},
+         path="/v1/chat/completions", key=KEY)
+@example(body={"model": "gpt-4o-mini", "messages": [{"role": ["user"], "content": "hi"}],
+               "stream": True}, path="/chat/completions", key=KEY)
 @FUZZ
 def test_mutated_json_bodies(client: httpx.Client, verdict: Verdict, body: Any, path: str,
                              key: str) -> None:

@@ -1,0 +1,311 @@
+"""Upstream chaos: a misbehaving provider, impatient clients, then a leak check.
+
+The mock provider serves several deployments, each broken in its own way (5xx, 429,
+resets mid-stream, truncated JSON, hangs, latency spikes); models list them in
+different orders so failover (when configured) has somewhere to go. Midway, a global
+fault (``POST /_mock/faults``) hits every deployment at once. Clients send plain and
+streamed requests and hang up at random. Afterwards:
+
+- every client that did not hang up got a 200 or a clean OpenAI-format error (a JSON
+  error body, or for a stream that had started, a final SSE ``error`` event);
+- the proxy's asyncio tasks are back to their idle count, no socket is left in
+  CLOSE_WAIT (a peer closed and Warden never did), and its sockets are no more than the
+  idle keep-alive pool allows;
+- the proxy is still alive and answers.
+
+    python bench/chaos.py                       # ~1 min: 1500 requests, 32 clients
+    python bench/chaos.py --requests 200 --concurrency 16    # the CI size
+
+Loopback only, bounded by --max-seconds; both servers are stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import aiohttp
+
+from bench import harness
+from bench.fuzzing import TRACE_MARKERS, is_openai_error
+
+KEY = harness.KEY
+# Hung deployments must give up quickly, or the run measures the timeout, not the proxy.
+FAST_TIMEOUTS = {"connect": 1.0, "first_byte": 1.5, "idle": 1.0, "total": 3.0}
+
+
+def policies(mock: str) -> list[dict[str, Any]]:
+    def d(spec: str, name: str) -> dict[str, Any]:
+        return harness.deployment(mock, spec, name=name, **FAST_TIMEOUTS)
+
+    ok = d("", "ok")
+    dep = {
+        "5xx": d("fail_rate=0.5,status=500", "5xx"),
+        "429": d("fail_rate=0.5,status=429,retry_after=1", "429"),
+        "reset": d("reset_after=2,chunks=6", "reset"),
+        "trunc": d("truncate=1", "trunc"),
+        "hang": d("hang=1", "hang"),
+        "spike": d("latency_ms=400", "spike"),
+        "slowstream": d("chunks=8,chunk_delay_ms=30", "slowstream"),
+        "garbage": d("garbage=1", "garbage"),
+        "midstream": d("error_after=3,chunks=6", "midstream"),
+    }
+    models = {f"m-{name}": [dep[name], ok] for name in dep}
+    models["m-ok"] = [ok]
+    models["m-mixed"] = [dep["5xx"], dep["429"], dep["hang"], ok]
+    return [harness.tenant("chaos", KEY, models)]
+
+
+MODELS = ["m-5xx", "m-429", "m-reset", "m-trunc", "m-hang", "m-spike", "m-slowstream",
+          "m-garbage", "m-midstream", "m-ok", "m-mixed"]
+GLOBAL_FAULTS = [{"latency_ms": 150}, {"fail_rate": 0.3, "status": 502},
+                 {"first_byte_ms": 200}, {}]
+
+
+@dataclass
+class Tally:
+    outcomes: Counter[str] = field(default_factory=Counter)
+    bad: list[str] = field(default_factory=list)
+    statuses: Counter[int] = field(default_factory=Counter)
+
+    def fail(self, what: str) -> None:
+        self.outcomes["bad"] += 1
+        if len(self.bad) < 20:
+            self.bad.append(what)
+
+
+def judge_stream(body: bytes) -> str | None:
+    """None when a 200 stream ended cleanly: [DONE], or a final error event."""
+    events = [e for e in body.split(b"\n\n") if e.strip()]
+    if not events:
+        return "empty stream"
+    last = events[-1].strip()
+    if last == b"data: [DONE]":
+        return None
+    data = last.removeprefix(b"event: error\n").removeprefix(b"data: ")
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return f"stream cut without an error event: {last[:120]!r}"
+    if isinstance(doc, dict) and isinstance(doc.get("error"), dict):
+        return None
+    return f"stream ended without [DONE] or error: {last[:120]!r}"
+
+
+async def one(session: aiohttp.ClientSession, url: str, rng: random.Random, tally: Tally,
+              disconnect_rate: float, client_timeout: float) -> None:
+    model = rng.choice(MODELS)
+    stream = rng.random() < 0.5
+    body = {"model": model, "stream": stream,
+            "messages": [{"role": "user", "content": f"chaos {rng.random():.6f}"}]}
+    hang_up_after = rng.uniform(0.0, 0.6) if rng.random() < disconnect_rate else None
+
+    async def exchange() -> None:
+        async with session.post(f"{url}/v1/chat/completions", json=body,
+                                headers={"Authorization": f"Bearer {KEY}"}) as r:
+            raw = await r.read()
+            tally.statuses[r.status] += 1
+            text = raw.decode("utf-8", "replace")
+            if any(m in text for m in TRACE_MARKERS):
+                tally.fail(f"traceback in reply: {text[:200]}")
+            elif r.status == 200 and stream:
+                problem = judge_stream(raw)
+                if problem is None:
+                    tally.outcomes["ok_stream"] += 1
+                else:
+                    tally.fail(f"{model}: {problem}")
+            elif r.status == 200:
+                try:
+                    json.loads(raw)["choices"]
+                    tally.outcomes["ok"] += 1
+                except (ValueError, KeyError, TypeError):
+                    tally.fail(f"{model}: 200 that is not a completion: {text[:200]}")
+            elif is_openai_error(raw):
+                tally.outcomes[f"clean_error_{r.status}"] += 1
+                # A provider's own 500 is relayed as the provider said it (DESIGN: provider
+                # errors pass through); a 500 of Warden's own is a bug.
+                if r.status == 500 and json.loads(raw)["error"].get("code") == "internal_error":
+                    tally.fail(f"{model}: Warden 500 {text[:200]}")
+            else:
+                tally.fail(f"{model}: {r.status} not OpenAI-shaped: {text[:200]}")
+
+    try:
+        if hang_up_after is not None:
+            try:
+                await asyncio.wait_for(exchange(), hang_up_after)
+                tally.outcomes["finished_before_hang_up"] += 1
+            except TimeoutError:
+                tally.outcomes["client_hung_up"] += 1
+        else:
+            await asyncio.wait_for(exchange(), client_timeout)
+    except TimeoutError:
+        tally.fail(f"{model} stream={stream}: no reply within {client_timeout} s")
+    except aiohttp.ClientError as e:
+        tally.fail(f"{model} stream={stream}: connection error {e!r}")
+
+
+async def drive(url: str, mock_faults: Any, requests: int, concurrency: int,
+                disconnect_rate: float, seed: int, client_timeout: float) -> Tally:
+    rng = random.Random(seed)
+    tally = Tally()
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(requests):
+        queue.put_nowait(i)
+    phase_every = max(1, requests // len(GLOBAL_FAULTS))
+
+    async def worker() -> None:
+        # A connection per request: a hang-up closes a real socket, as an agent's would.
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            while True:
+                try:
+                    i = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                if i and i % phase_every == 0:
+                    fault = GLOBAL_FAULTS[(i // phase_every - 1) % len(GLOBAL_FAULTS)]
+                    await asyncio.to_thread(mock_faults, fault)
+                await one(session, url, rng, tally, disconnect_rate, client_timeout)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.to_thread(mock_faults, {})
+    return tally
+
+
+def tcp_states(pid: int) -> Counter[str]:
+    """States of the process's TCP sockets, from /proc/net/tcp{,6} by inode."""
+    import os
+
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    names = {"01": "ESTABLISHED", "06": "TIME_WAIT", "08": "CLOSE_WAIT", "0A": "LISTEN",
+             "04": "FIN_WAIT1", "05": "FIN_WAIT2", "09": "LAST_ACK", "07": "CLOSE"}
+    states: Counter[str] = Counter()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    parts = line.split()
+                    if parts[9] in inodes:
+                        states[names.get(parts[3], parts[3])] += 1
+        except OSError:
+            continue
+    return states
+
+
+@dataclass
+class Report:
+    tally: Tally
+    baseline: dict[str, Any]
+    after: dict[str, Any]
+    tcp_after: Counter[str]
+    alive: bool
+    elapsed_s: float
+    concurrency: int
+
+    @property
+    def leaks(self) -> list[str]:
+        out = []
+        if self.after["asyncio_tasks"] > self.baseline["asyncio_tasks"] + 1:
+            out.append(f"asyncio tasks {self.baseline['asyncio_tasks']} -> "
+                       f"{self.after['asyncio_tasks']}")
+        if self.tcp_after.get("CLOSE_WAIT", 0):
+            out.append(f"{self.tcp_after['CLOSE_WAIT']} sockets in CLOSE_WAIT")
+        # Idle keep-alive connections to the mock may stay pooled, at most one per
+        # concurrent request; anything beyond that is a socket nobody owns.
+        allowed = self.baseline["sockets"] + self.concurrency
+        if self.after["sockets"] > allowed:
+            out.append(f"sockets {self.baseline['sockets']} -> {self.after['sockets']} "
+                       f"(allowed {allowed})")
+        return out
+
+    @property
+    def ok(self) -> bool:
+        return self.alive and not self.tally.bad and not self.leaks
+
+    def render(self) -> str:
+        t = self.tally
+        answered = sum(t.statuses.values())
+        lines = [
+            f"{answered + t.outcomes['client_hung_up']} requests in {self.elapsed_s:.1f} s: "
+            f"{t.outcomes['client_hung_up']} clients hung up, {answered} answered, "
+            f"{t.outcomes['bad']} bad replies",
+            "outcomes: " + ", ".join(f"{k}={v}" for k, v in sorted(t.outcomes.items())),
+            "statuses: " + ", ".join(f"{k}={v}" for k, v in sorted(t.statuses.items())),
+            "",
+            "| proxy | before | after |",
+            "|---|---:|---:|",
+            f"| asyncio tasks | {self.baseline['asyncio_tasks']} | {self.after['asyncio_tasks']} |",
+            f"| open fds | {self.baseline['open_fds']} | {self.after['open_fds']} |",
+            f"| sockets | {self.baseline['sockets']} | {self.after['sockets']} |",
+            f"| CLOSE_WAIT sockets | - | {self.tcp_after.get('CLOSE_WAIT', 0)} |",
+            "",
+            f"alive afterwards: {self.alive}; leaks: {self.leaks or 'none'}",
+        ]
+        lines += [f"  bad: {b}" for b in t.bad]
+        return "\n".join(lines)
+
+
+def settle(run: harness.Running, baseline_tasks: int, seconds: float) -> dict[str, Any]:
+    """Wait (bounded) for in-flight work to drain: timeouts must fire and tasks end."""
+    deadline = time.monotonic() + seconds
+    while True:
+        snap = {**run.runtime(), "sockets": run.sockets()}
+        if snap["asyncio_tasks"] <= baseline_tasks + 1 or time.monotonic() > deadline:
+            return snap
+        time.sleep(0.25)
+
+
+def run_chaos(workdir: Path, requests: int, concurrency: int, disconnect_rate: float,
+              seed: int, max_seconds: float, proxy_env: dict[str, str] | None = None
+              ) -> Report:
+    started = time.monotonic()
+    with harness.stack(workdir, policies, proxy_env=proxy_env) as run:
+        baseline = {**run.runtime(), "sockets": run.sockets()}
+        client_timeout = FAST_TIMEOUTS["total"] * 5 + 5
+        tally = asyncio.run(asyncio.wait_for(
+            drive(run.url, run.mock_faults, requests, concurrency, disconnect_rate, seed,
+                  client_timeout), max_seconds))
+        after = settle(run, baseline["asyncio_tasks"], FAST_TIMEOUTS["total"] + 5)
+        tcp = tcp_states(run.pid)
+        alive = run.alive() and run.runtime()["asyncio_tasks"] >= 0
+        return Report(tally, baseline, after, tcp, alive, time.monotonic() - started,
+                      concurrency)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--requests", type=int, default=1500)
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--disconnect-rate", type=float, default=0.2)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--max-seconds", type=float, default=300)
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="warden-chaos-") as tmp:
+        report = run_chaos(Path(tmp), args.requests, args.concurrency, args.disconnect_rate,
+                           args.seed, args.max_seconds)
+    print(report.render())
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
