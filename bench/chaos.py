@@ -86,22 +86,23 @@ class Tally:
             self.bad.append(what)
 
 
-def judge_stream(body: bytes) -> str | None:
-    """None when a 200 stream ended cleanly: [DONE], or a final error event."""
+def judge_stream(body: bytes) -> tuple[str, str | None]:
+    """(how it ended, problem): "done" ([DONE]) and "error_event" (a final OpenAI error
+    event, then a clean close) are clean; anything else is a problem."""
     events = [e for e in body.split(b"\n\n") if e.strip()]
     if not events:
-        return "empty stream"
+        return "bad", "empty stream"
     last = events[-1].strip()
     if last == b"data: [DONE]":
-        return None
+        return "done", None
     data = last.removeprefix(b"event: error\n").removeprefix(b"data: ")
     try:
         doc = json.loads(data)
     except ValueError:
-        return f"stream cut without an error event: {last[:120]!r}"
+        return "bad", f"stream cut without an error event: {last[:120]!r}"
     if isinstance(doc, dict) and isinstance(doc.get("error"), dict):
-        return None
-    return f"stream ended without [DONE] or error: {last[:120]!r}"
+        return "error_event", None
+    return "bad", f"stream ended without [DONE] or error: {last[:120]!r}"
 
 
 async def one(session: aiohttp.ClientSession, url: str, rng: random.Random, tally: Tally,
@@ -121,9 +122,9 @@ async def one(session: aiohttp.ClientSession, url: str, rng: random.Random, tall
             if any(m in text for m in TRACE_MARKERS):
                 tally.fail(f"traceback in reply: {text[:200]}")
             elif r.status == 200 and stream:
-                problem = judge_stream(raw)
+                ending, problem = judge_stream(raw)
                 if problem is None:
-                    tally.outcomes["ok_stream"] += 1
+                    tally.outcomes[f"stream_{ending}"] += 1
                 else:
                     tally.fail(f"{model}: {problem}")
             elif r.status == 200:

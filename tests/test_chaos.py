@@ -1,0 +1,36 @@
+"""The CI-sized upstream chaos run (bench/chaos.py): faults, hang-ups, then no leaks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench import chaos
+
+
+@pytest.mark.slow
+def test_chaos_every_client_gets_a_clean_answer_and_nothing_leaks(tmp_path: Path) -> None:
+    report = chaos.run_chaos(tmp_path, requests=240, concurrency=16, disconnect_rate=0.2,
+                             seed=7, max_seconds=120)
+    print(report.render())
+    t = report.tally
+    assert report.alive
+    assert t.bad == [], t.bad
+    assert report.leaks == [], report.leaks
+    # The run really was chaotic: faults surfaced and clients hung up, yet most got a 200.
+    assert t.outcomes["client_hung_up"] > 0
+    assert sum(v for k, v in t.statuses.items() if k >= 500) > 0
+    assert t.statuses[429] > 0 or t.statuses[200] > 0
+    assert t.outcomes["stream_done"] > 0 and t.outcomes["ok"] > 0
+    assert report.tcp_after.get("CLOSE_WAIT", 0) == 0
+
+
+def test_judge_stream_tells_clean_endings_from_cut_ones() -> None:
+    done = b'data: {"choices":[]}\n\ndata: [DONE]\n\n'
+    error = b'data: {"choices":[]}\n\ndata: {"error": {"message": "x", "type": "api_error"}}\n\n'
+    cut = b'data: {"choices":[]}\n\ndata: {"choi'
+    assert chaos.judge_stream(done) == ("done", None)
+    assert chaos.judge_stream(error) == ("error_event", None)
+    assert chaos.judge_stream(cut)[0] == "bad"
+    assert chaos.judge_stream(b"")[0] == "bad"
