@@ -21,6 +21,7 @@ from proxy.services import Services
 from proxy.settings import Settings
 from proxy.store import create_store
 from proxy.tenants import PolicyHolder, PolicySet, load_policy_set
+from proxy.upstream.collector import UpstreamCollector
 from proxy.upstream.failover import Upstream
 from proxy.upstream.http1 import Client
 from proxy.upstream.openai import OpenAITransport
@@ -70,11 +71,17 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
 async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     translated = TranslatedTransport()
-    upstream = Upstream(OpenAITransport(Client(settings.upstream_pool_size)), translated)
+    upstream = Upstream(OpenAITransport(Client(settings.upstream_pool_size)), translated,
+                        settings)
     app[UPSTREAM] = upstream
+    services = app[SERVICES]
+    collector = services.shared(
+        "upstream_collector", lambda: UpstreamCollector.registered(services.metrics.registry))
+    collector.upstreams.append(upstream)
     if _needs_translation(app[POLICIES].current):
         await translated.warm()  # pay litellm's import before the first request, not in it
     yield
+    collector.upstreams.remove(upstream)
     await upstream.close()
 
 
@@ -82,8 +89,8 @@ def _needs_translation(policies: PolicySet) -> bool:
     return any(
         not d.fast
         for tenant in policies.tenants.values()
-        for deployments in tenant.config.models.values()
-        for d in deployments
+        for route in tenant.config.models.values()
+        for d in route.all_deployments()
     )
 
 

@@ -121,7 +121,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     finally:
         services.close()
     for path, cfg in configs:
-        missing = sorted({d.api_key for ds in cfg.models.values() for d in ds
+        missing = sorted({d.api_key for r in cfg.models.values()
+                          for d in r.all_deployments()
                           if d.api_key and d.credential() is None})
         note = f"; credentials not resolvable here: {', '.join(missing)}" if missing else ""
         print(f"ok {path}: tenant {cfg.tenant}, {len(cfg.models)} model(s){note}")

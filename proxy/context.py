@@ -80,6 +80,9 @@ class RequestContext:
     deployments: tuple[Deployment, ...] = ()
     deployment: Deployment | None = None  # the one that answered
     attempts: list[Attempt] = field(default_factory=list)
+    # Seconds from ``started`` the upstream may take before the first byte (retries
+    # included); None: the upstream_deadline_s setting. Set from what the client waits.
+    deadline_s: float | None = None
     usage: Usage | None = None
     response_model: str | None = None
     status: int = 0

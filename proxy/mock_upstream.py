@@ -13,9 +13,11 @@ them without Warden forwarding anything special::
 Keys: status, retry_after, retry_after_ms, hang, reset_after (chunks), garbage,
 truncate, latency_ms, first_byte_ms, chunks, chunk_delay_ms, fail_rate, no_usage,
 error_after (send an error event after N chunks), raw (reply with the text alone, no
-"Echo: ": a JSON document sent is a JSON document answered). ``POST /_mock/faults``
-sets a spec for every request (``{}`` clears); ``GET /_mock/requests`` lists request bodies
-received (``DELETE`` clears), which is how tests prove what reached "the provider".
+"Echo: ": a JSON document sent is a JSON document answered), context_error (OpenAI's
+400 ``context_length_exceeded``), content_error (Azure's 400 ``content_filter``).
+``POST /_mock/faults`` sets a spec for every request (``{}`` clears);
+``GET /_mock/requests`` lists request bodies received (``DELETE`` clears), which is
+how tests prove what reached "the provider".
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import hashlib
 import json
 import random
 import re
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +55,8 @@ class Spec:
     fail_rate: float = 0.0
     no_usage: bool = False
     error_after: int | None = None
+    context_error: bool = False
+    content_error: bool = False
     raw: bool = False
 
     @classmethod
@@ -99,6 +104,20 @@ def prompt_text(messages: list[dict[str, Any]]) -> str:
     return " ".join(_text(m.get("content")) for m in messages)
 
 
+# The bodies real providers send, so failover's classification is tested on them.
+_CONTEXT_ERROR = {"error": {
+    "message": "This model's maximum context length is 128000 tokens. However, your "
+               "messages resulted in 130000 tokens. Please reduce the length of the messages.",
+    "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}}
+_CONTENT_ERROR = {"error": {
+    "message": "The response was filtered due to the prompt triggering Azure OpenAI's "
+               "content management policy.",
+    "type": None, "param": "prompt", "code": "content_filter", "status": 400,
+    "innererror": {"code": "ResponsibleAIPolicyViolation",
+                   "content_filter_result": {"violence": {"filtered": True,
+                                                          "severity": "medium"}}}}}
+
+
 class Mock:
     def __init__(self, base: Spec) -> None:
         self.base = base
@@ -119,12 +138,12 @@ class Mock:
     def spec_for(self, request: web.Request) -> Spec:
         return Spec.parse(request.match_info.get("spec", ""), self.default)
 
-    async def before(self, spec: Spec) -> web.Response | None:
+    async def before(self, spec: Spec, request: web.Request) -> web.Response | None:
         """Latency and faults common to every endpoint; a response means 'stop here'."""
         if spec.latency_ms:
             await asyncio.sleep(spec.latency_ms / 1000)
         if spec.hang:
-            await asyncio.sleep(3600)
+            await _until_gone(request)
         failing = spec.status >= 400 and (spec.fail_rate == 0 or random.random() < spec.fail_rate)
         if failing:
             headers = {}
@@ -136,6 +155,10 @@ class Mock:
                               if spec.status >= 500 else "invalid_request_error",
                               "param": None, "code": str(spec.status)}}
             return web.json_response(body, status=spec.status, headers=headers)
+        if spec.context_error:
+            return web.json_response(_CONTEXT_ERROR, status=400)
+        if spec.content_error:
+            return web.json_response(_CONTENT_ERROR, status=400)
         if spec.garbage:
             return web.Response(body=b"<html>502 Bad Gateway</html>", status=200,
                                 content_type="application/json")
@@ -160,7 +183,7 @@ class Mock:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            early = await self.before(spec)
+            early = await self.before(spec, request)
             if early is not None:
                 return early
             content, calls = self.reply_for(body)
@@ -257,7 +280,7 @@ class Mock:
         body = await request.json()
         self.log(request, body)
         spec = self.spec_for(request)
-        early = await self.before(spec)
+        early = await self.before(spec, request)
         if early is not None:
             return early
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
@@ -275,7 +298,7 @@ class Mock:
         body = await request.json()
         self.log(request, body)
         spec = self.spec_for(request)
-        early = await self.before(spec)
+        early = await self.before(spec, request)
         if early is not None:
             return early
         text = last_text(body.get("messages") or [])
@@ -337,6 +360,17 @@ class Mock:
         return web.json_response({"in_flight": self.in_flight,
                                   "max_in_flight": self.max_in_flight,
                                   "requests": len(self.requests)})
+
+
+async def _until_gone(request: web.Request, limit_s: float = 3600) -> None:
+    """Hang until the client hangs up (not a fixed sleep: a server shutting down waits
+    for its handlers, and a hung handler would hold the mock's shutdown for a minute)."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return
+        await asyncio.sleep(0.02)
 
 
 def _pieces(text: str, chunks: int | None) -> list[str]:

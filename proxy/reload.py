@@ -273,8 +273,8 @@ async def reload_ctx(app: web.Application) -> AsyncIterator[None]:
         needs = any(
             not d.fast
             for tenant in new.tenants.values()
-            for deployments in tenant.config.models.values()
-            for d in deployments
+            for route in tenant.config.models.values()
+            for d in route.all_deployments()
         )
         if needs and isinstance(translated, TranslatedTransport):
             await translated.warm()

@@ -32,6 +32,7 @@ from proxy.pipeline import Chain, RetryUpstream
 from proxy.policies.auth import authenticate
 from proxy.relay import force_stream_usage, relay_stream, usage_of
 from proxy.upstream.base import UpstreamError, UpstreamReply
+from proxy.upstream.retry import client_budget
 
 log = logging.getLogger("warden.routes")
 
@@ -133,6 +134,7 @@ async def _proxied(request: web.Request, ctx: RequestContext, chain: Chain) -> w
             param="model",
         )
     ctx.deployments = deployments
+    ctx.deadline_s = client_budget(request.headers, app[SETTINGS].upstream_deadline_s)
     chain.extend(tenant.policies)
     await chain.request(ctx)
     if ctx.stream:
@@ -255,6 +257,8 @@ async def readyz(request: web.Request) -> web.Response:
         "store": {**services.store.describe(), "reachable": store_ok,
                   "ping_ms": round((time.perf_counter() - started) * 1000, 3)},
     }
+    # Breakers are detail, not readiness: another replica reaches the same providers.
+    detail["upstreams"] = app[UPSTREAM].breakers.snapshot()
     degraded_ok = services.settings.store_failure_mode == "open"
     ready = bool(holder.current.tenants) and (store_ok or degraded_ok)
     detail["status"] = "ready" if ready else "not_ready"

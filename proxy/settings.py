@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -51,4 +51,45 @@ class Settings(BaseSettings):
     )
     cpu_workers: int = Field(
         0, ge=0, description="Threads for CPU-bound policy work (0: one per core)."
+    )
+    # Failover (proxy/upstream/). Retry knobs are defaults a model's `retry:` overrides.
+    upstream_deadline_s: float = Field(
+        600.0, gt=0, description="Longest a request may spend on upstream attempts, "
+        "retries and back-off before its first byte; lowered per request to what the "
+        "client waits (the openai SDK's x-stainless-read-timeout header).",
+    )
+    retry_attempts: int = Field(2, ge=1, le=10, description="Tries per deployment.")
+    retry_backoff_s: float = Field(
+        0.25, ge=0, description="Back-off ceiling before a deployment's 2nd try; doubles "
+        "each try (full jitter: the wait is uniform in [0, ceiling]).",
+    )
+    retry_backoff_max_s: float = Field(8.0, ge=0, description="Largest back-off ceiling.")
+    retry_after_max_s: float = Field(
+        30.0, ge=0, description="A provider's Retry-After / retry-after-ms is honoured up "
+        "to this; a longer one means no retry at that deployment.",
+    )
+    breaker_failures: int = Field(
+        5, ge=0, description="Consecutive failures that open a deployment's breaker "
+        "(0: breakers off).",
+    )
+    breaker_error_rate: float = Field(
+        0.5, gt=0, le=1, description="Failure share over breaker_window_s that opens it."
+    )
+    breaker_window_s: float = Field(30.0, gt=0, description="Error-rate window, seconds.")
+    breaker_min_requests: int = Field(
+        20, ge=1, description="Attempts in the window before the error rate counts."
+    )
+    breaker_open_s: float = Field(
+        30.0, gt=0, description="How long an open breaker skips its deployment before "
+        "letting probes through (half-open).",
+    )
+    breaker_half_open_probes: int = Field(
+        1, ge=1, description="Concurrent probe attempts while half-open."
+    )
+    pii_secret: SecretStr | None = Field(
+        None, description="Key for PII pseudonyms when a tenant sets no pii.secret; the same "
+        "value on every replica keeps placeholders stable across them."
+    )
+    pii_cache_size: int = Field(
+        20_000, ge=0, description="Entries in the PII scan-result cache (spans only, no text)."
     )

@@ -14,10 +14,17 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from proxy.upstream.providers import FAST_PROVIDERS
 
@@ -58,6 +65,11 @@ class Deployment(Frozen):
     name: str | None = Field(None, description="Label for metrics/logs (default provider/model).")
     input_cost_per_token: float | None = Field(None, ge=0, description="USD, overrides litellm.")
     output_cost_per_token: float | None = Field(None, ge=0, description="USD, overrides litellm.")
+    priority: int = Field(0, ge=0, description="Failover level: lower levels are tried first; "
+                          "list order within a level.")
+    weight: float | None = Field(None, gt=0, description="Share within its priority level: a "
+                                 "level where any deployment has a weight is drawn in weighted "
+                                 "random order per request (unweighted ones count 1).")
 
     @field_validator("api_key")
     @classmethod
@@ -98,9 +110,54 @@ class Deployment(Frozen):
             return None
 
 
+class Retry(Frozen):
+    """Per-model overrides of the WARDEN_RETRY_* settings (unset: the setting)."""
+
+    attempts: int | None = Field(None, ge=1, le=10, description="Tries per deployment.")
+    backoff_s: float | None = Field(None, ge=0, description="First back-off ceiling, seconds.")
+    backoff_max_s: float | None = Field(None, ge=0, description="Largest back-off ceiling.")
+    retry_after_max_s: float | None = Field(
+        None, ge=0, description="Longest provider Retry-After honoured; longer: no retry there."
+    )
+
+
+# A fallback is another model of the same tenant (its deployments) or a deployment.
+Fallback = str | Deployment
+FallbackKind = Literal["context_window_fallbacks", "content_policy_fallbacks"]
+
+
+class ModelRoute(Frozen):
+    """Where one model name is served: ordered deployments plus fallbacks.
+
+    A policy file may give just the list of deployments (``gpt-4o: [ ... ]``) or the
+    mapping (``gpt-4o: {deployments: [...], context_window_fallbacks: [...]}``).
+    """
+
+    deployments: list[Deployment]  # not empty: checked by TenantConfig, naming the model
+    context_window_fallbacks: list[Fallback] = Field(
+        default_factory=list, description="Tried when a deployment says the prompt is too long."
+    )
+    content_policy_fallbacks: list[Fallback] = Field(
+        default_factory=list, description="Tried when a provider refuses on content policy."
+    )
+    retry: Retry = Field(default_factory=lambda: Retry())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _list_shape(cls, value: Any) -> Any:
+        return {"deployments": value} if isinstance(value, list) else value
+
+    def all_deployments(self) -> list[Deployment]:
+        """Every deployment written inline (named fallbacks are their own models)."""
+        extra = [f for f in (*self.context_window_fallbacks, *self.content_policy_fallbacks)
+                 if isinstance(f, Deployment)]
+        return [*self.deployments, *extra]
+
+
 # Policy sections. Imported here, below Frozen, because each policy module subclasses
 # Frozen; proxy/policies/__init__.py imports this module first, so either import order works.
 from proxy.policies.output import OutputConfig  # noqa: E402
+from proxy.policies.pii import PiiConfig  # noqa: E402
 from proxy.policies.scope import ScopeConfig  # noqa: E402
 
 
@@ -109,10 +166,11 @@ class TenantConfig(Frozen):
 
     tenant: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
     keys: list[str] = Field(min_length=1, description="Virtual keys: plain or sha256:<hex>.")
-    models: dict[str, list[Deployment]] = Field(min_length=1)
+    models: dict[str, ModelRoute] = Field(min_length=1)
     log_prompts: bool = Field(False, description="Opt in to prompt/completion text in logs.")
     scope: ScopeConfig | None = None
     output: OutputConfig | None = None
+    pii: PiiConfig | None = None
 
     @field_validator("keys")
     @classmethod
@@ -126,11 +184,28 @@ class TenantConfig(Frozen):
 
     @field_validator("models")
     @classmethod
-    def _models(cls, models: dict[str, list[Deployment]]) -> dict[str, list[Deployment]]:
-        for name, deployments in models.items():
-            if not deployments:
+    def _models(cls, models: dict[str, ModelRoute]) -> dict[str, ModelRoute]:
+        for name, route in models.items():
+            if not route.deployments:
                 raise ValueError(f"model {name!r} needs at least one deployment")
+            for kind in ("context_window_fallbacks", "content_policy_fallbacks"):
+                for ref in getattr(route, kind):
+                    if isinstance(ref, str) and (ref == name or ref not in models):
+                        raise ValueError(f"model {name!r}: {kind} names {ref!r}, which is "
+                                         + ("the model itself" if ref == name
+                                            else "not a model of this tenant"))
         return models
+
+    def fallbacks(self, model: str, kind: FallbackKind) -> tuple[Deployment, ...]:
+        """The deployments of ``context_window_fallbacks`` / ``content_policy_fallbacks``,
+        named models expanded to their deployments (not to their own fallbacks)."""
+        route = self.models.get(model)
+        if route is None:
+            return ()
+        out: list[Deployment] = []
+        for ref in getattr(route, kind):
+            out.extend(self.models[ref].deployments if isinstance(ref, str) else (ref,))
+        return tuple(out)
 
 
 def key_digest(key: str) -> bytes:
@@ -157,7 +232,7 @@ class Tenant:
 
     def routes(self, model: str) -> tuple[Deployment, ...] | None:
         found = self.config.models.get(model)
-        return tuple(found) if found is not None else None
+        return tuple(found.deployments) if found is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +295,17 @@ def parse_policy_file(path: Path) -> TenantConfig:
     except ValidationError as e:
         err = e.errors()[0]
         reason = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        raise PolicyError(path, _format_loc(err["loc"]), reason) from None
+        raise PolicyError(path, _format_loc(_as_written(raw, err["loc"])), reason) from None
+
+
+def _as_written(raw: dict[str, Any], loc: Sequence[Any]) -> Sequence[Any]:
+    """A model written as a bare list of deployments is validated as ``{deployments:
+    [...]}``; name the error where the user wrote it (``models.m[0]``)."""
+    models = raw.get("models")
+    if (len(loc) > 2 and loc[0] == "models" and loc[2] == "deployments"
+            and isinstance(models, dict) and isinstance(models.get(loc[1]), list)):
+        return [*loc[:2], *loc[3:]]
+    return loc
 
 
 def policy_files(directory: Path) -> list[Path]:

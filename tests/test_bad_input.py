@@ -141,7 +141,8 @@ def test_provider_garbage_is_502(small_stack: Stack) -> None:
 def test_provider_truncated_body_is_502(small_stack: Stack) -> None:
     r = post(small_stack, json={"model": "gpt-4o-mini", "messages": OK_MSG},
              headers={"Authorization": "Bearer vk-trunc-key"})
-    assert_error(r, 502, "upstream_error", "unreadable reply")
+    # Failover classifies a cut body as a bad reply (retried, then summarised).
+    assert_error(r, 502, "upstream_error", "bad_reply: provider sent a body that is not JSON")
 
 
 def test_provider_truncated_stream_ends_with_error_event(small_stack: Stack) -> None:
@@ -170,4 +171,4 @@ def test_no_500_for_policy_dir_listing(tmp_path: Path) -> None:
 def test_provider_garbage_to_a_stream_request_is_502(small_stack: Stack) -> None:
     r = post(small_stack, json={"model": "gpt-4o-mini", "messages": OK_MSG, "stream": True},
              headers={"Authorization": "Bearer vk-garbage-key"})
-    assert_error(r, 502, "upstream_error", "unreadable reply")
+    assert_error(r, 502, "upstream_error", "bad_reply: provider sent a body that is not JSON")

@@ -20,7 +20,8 @@ def test_registered_scenarios_make_valid_policy_files(scenario: Scenario) -> Non
     # Through YAML as run.py writes it, then Warden's own model: unknown keys would fail.
     cfg = TenantConfig.model_validate(yaml.safe_load(yaml.safe_dump(policy)))
     assert scenarios.API_KEY in cfg.keys
-    plain, stream = cfg.models[scenarios.MODEL][0], cfg.models[scenarios.STREAM_MODEL][0]
+    plain = cfg.models[scenarios.MODEL].deployments[0]
+    stream = cfg.models[scenarios.STREAM_MODEL].deployments[0]
     assert plain.fast and stream.fast  # the benchmark measures the fast path
     assert plain.api_base == f"{MOCK}/v1"
     assert stream.api_base == f"{MOCK}/f/chunks={scenario.workload.stream_chunks}/v1"

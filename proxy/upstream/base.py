@@ -10,6 +10,7 @@ caller.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -24,7 +25,9 @@ class UpstreamError(Exception):
 
     def __init__(self, reason: str, message: str, *, timeout: bool = False) -> None:
         super().__init__(message)
-        self.reason = reason  # bounded: connect_error, timeout, reset, bad_reply, ...
+        # Bounded: connect_error, connect_timeout, first_byte_timeout, idle_timeout,
+        # total_timeout, reset, bad_reply, empty_stream, truncated, provider_error, ...
+        self.reason = reason
         self.timeout = timeout
 
 
@@ -43,6 +46,22 @@ class UpstreamReply:
             except ValueError:
                 raise UpstreamError("bad_reply", "provider sent a body that is not JSON") from None
         return self._parsed
+
+
+class PhaseClock:
+    """An attempt's total deadline, and which limit ends a phase first: the phase's own
+    (connect, first byte, idle) or what is left of ``total``."""
+
+    __slots__ = ("_loop", "total_at")
+
+    def __init__(self, total_s: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.total_at = self._loop.time() + total_s
+
+    def limit(self, phase_s: float, phase: str) -> tuple[float, str]:
+        """(seconds to wait, the timeout reason if that runs out)."""
+        left = max(0.0, self.total_at - self._loop.time())
+        return (phase_s, phase) if phase_s < left else (left, "total_timeout")
 
 
 class UpstreamStream(Protocol):

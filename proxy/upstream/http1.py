@@ -133,20 +133,24 @@ class Connection(asyncio.Protocol):
             self._waiter.set_result(None)
 
     # -- timeouts: one loop timer at a time, far cheaper than asyncio.timeout() blocks --
-    def _arm(self, delay: float, message: str) -> None:
+    def _arm(self, delay: float, reason: str, message: str) -> None:
+        """Fail the exchange after ``delay`` (reason: the phase) or at the total
+        deadline, whichever is first (reason then ``total_timeout``)."""
         self._cancel_timer()
         loop = asyncio.get_running_loop()
-        delay = min(delay, self._deadline - loop.time())
-        self._timer = loop.call_later(max(0.0, delay), self._expire, message)
+        left = self._deadline - loop.time()
+        if left <= delay:
+            delay, reason = left, "total_timeout"
+        self._timer = loop.call_later(max(0.0, delay), self._expire, reason, message)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
-    def _expire(self, message: str) -> None:
+    def _expire(self, reason: str, message: str) -> None:
         self._timer = None
-        self._fail(UpstreamError("timeout", message, timeout=True))
+        self._fail(UpstreamError(reason, message, timeout=True))
         self.close()  # a reply we gave up on cannot share the connection
 
     def _fail(self, error: UpstreamError) -> None:
@@ -162,7 +166,7 @@ class Connection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         self._head = loop.create_future()
         self._deadline = loop.time() + total_s
-        self._arm(first_byte_s, "provider did not answer in time")
+        self._arm(first_byte_s, "first_byte_timeout", "provider did not answer in time")
         assert self.transport is not None
         self.transport.write(request)
 
@@ -182,7 +186,7 @@ class Connection(asyncio.Protocol):
             if self.error is not None:
                 raise self.error
             self._waiter = asyncio.get_running_loop().create_future()
-            self._arm(idle_s, "provider stream stalled")
+            self._arm(idle_s, "idle_timeout", "provider stream stalled")
             try:
                 await self._waiter
             finally:
@@ -240,7 +244,7 @@ class Pool:
                     server_hostname=o.host if self._tls else None,
                 )
         except TimeoutError:
-            raise UpstreamError("timeout", f"connect to {o.host}:{o.port} timed out",
+            raise UpstreamError("connect_timeout", f"connect to {o.host}:{o.port} timed out",
                                 timeout=True) from None
         except (OSError, ssl.SSLError) as e:
             raise UpstreamError("connect_error", f"cannot connect to provider {o.host}:{o.port}: "
