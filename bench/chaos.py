@@ -207,10 +207,42 @@ def tcp_states(pid: int) -> Counter[str]:
                 for line in f:
                     parts = line.split()
                     if parts[9] in inodes:
-                        states[names.get(parts[3], parts[3])] += 1
+                        state = names.get(parts[3], parts[3])
+                        states[state] += 1
+                        if state == "CLOSE_WAIT":  # which side: a client, or a provider?
+                            local = int(parts[1].split(":")[1], 16)
+                            remote = int(parts[2].split(":")[1], 16)
+                            states[f"CLOSE_WAIT local={local} remote={remote}"] += 1
         except OSError:
             continue
     return states
+
+
+def metric_sums(url: str, names: tuple[str, ...]) -> dict[str, float]:
+    """Totals of some Prometheus counters (all label sets added up); absent ones are 0."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    sums = dict.fromkeys(names, 0.0)
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in sums:
+            sums[name] += float(line.rsplit(" ", 1)[1])
+    return sums
+
+
+def attempt_reasons(url: str) -> Counter[str]:
+    import re
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out: Counter[str] = Counter()
+    for m in re.finditer(r'^warden_upstream_attempts_total\{[^}]*reason="([^"]+)"[^}]*\} (\S+)',
+                         text, re.M):
+        out[m.group(1)] += int(float(m.group(2)))
+    return out
 
 
 @dataclass
@@ -222,6 +254,8 @@ class Report:
     alive: bool
     elapsed_s: float
     concurrency: int
+    attempts: Counter[str] = field(default_factory=Counter)
+    failovers: float = 0.0
 
     @property
     def leaks(self) -> list[str]:
@@ -230,7 +264,8 @@ class Report:
             out.append(f"asyncio tasks {self.baseline['asyncio_tasks']} -> "
                        f"{self.after['asyncio_tasks']}")
         if self.tcp_after.get("CLOSE_WAIT", 0):
-            out.append(f"{self.tcp_after['CLOSE_WAIT']} sockets in CLOSE_WAIT")
+            where = [k for k in self.tcp_after if k.startswith("CLOSE_WAIT ")]
+            out.append(f"{self.tcp_after['CLOSE_WAIT']} sockets in CLOSE_WAIT: {where}")
         # Idle keep-alive connections to the mock may stay pooled, at most one per
         # concurrent request; anything beyond that is a socket nobody owns.
         allowed = self.baseline["sockets"] + self.concurrency
@@ -258,8 +293,11 @@ class Report:
             f"| asyncio tasks | {self.baseline['asyncio_tasks']} | {self.after['asyncio_tasks']} |",
             f"| open fds | {self.baseline['open_fds']} | {self.after['open_fds']} |",
             f"| sockets | {self.baseline['sockets']} | {self.after['sockets']} |",
-            f"| CLOSE_WAIT sockets | - | {self.tcp_after.get('CLOSE_WAIT', 0)} |",
+            f"| CLOSE_WAIT sockets (10 s after) | - | {self.tcp_after.get('CLOSE_WAIT', 0)} |",
             "",
+            f"upstream attempts by outcome: "
+            + (", ".join(f"{k}={v}" for k, v in sorted(self.attempts.items())) or "(no metric)"),
+            f"failovers: {self.failovers:.0f}",
             f"alive afterwards: {self.alive}; leaks: {self.leaks or 'none'}",
         ]
         lines += [f"  bad: {b}" for b in t.bad]
@@ -287,10 +325,17 @@ def run_chaos(workdir: Path, requests: int, concurrency: int, disconnect_rate: f
             drive(run.url, run.mock_faults, requests, concurrency, disconnect_rate, seed,
                   client_timeout), max_seconds))
         after = settle(run, baseline["asyncio_tasks"], FAST_TIMEOUTS["total"] + 5)
-        tcp = tcp_states(run.pid)
+        # A socket the peer closed a moment ago is in CLOSE_WAIT until the loop reads the
+        # EOF; only one that stays there is a leak. Watch it for a bounded while.
+        deadline = time.monotonic() + 10
+        while (tcp := tcp_states(run.pid)).get("CLOSE_WAIT") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        after = {**after, "sockets": run.sockets()}
         alive = run.alive() and run.runtime()["asyncio_tasks"] >= 0
+        failovers = metric_sums(run.url, ("warden_upstream_failovers_total",))
         return Report(tally, baseline, after, tcp, alive, time.monotonic() - started,
-                      concurrency)
+                      concurrency, attempt_reasons(run.url),
+                      failovers["warden_upstream_failovers_total"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,10 +18,12 @@ def test_chaos_every_client_gets_a_clean_answer_and_nothing_leaks(tmp_path: Path
     assert report.alive
     assert t.bad == [], t.bad
     assert report.leaks == [], report.leaks
-    # The run really was chaotic: faults surfaced and clients hung up, yet most got a 200.
+    # The run really was chaotic: clients hung up, upstream attempts failed in several
+    # ways and failover moved requests on; still most clients got a 200.
     assert t.outcomes["client_hung_up"] > 0
-    assert sum(v for k, v in t.statuses.items() if k >= 500) > 0
-    assert t.statuses[429] > 0 or t.statuses[200] > 0
+    failed_kinds = {k for k in report.attempts if k != "ok"}
+    assert len(failed_kinds) >= 3, report.attempts
+    assert report.failovers > 0
     assert t.outcomes["stream_done"] > 0 and t.outcomes["ok"] > 0
     assert report.tcp_after.get("CLOSE_WAIT", 0) == 0
 
