@@ -295,7 +295,7 @@ class Report:
             f"| sockets | {self.baseline['sockets']} | {self.after['sockets']} |",
             f"| CLOSE_WAIT sockets (10 s after) | - | {self.tcp_after.get('CLOSE_WAIT', 0)} |",
             "",
-            f"upstream attempts by outcome: "
+            "upstream attempts by outcome: "
             + (", ".join(f"{k}={v}" for k, v in sorted(self.attempts.items())) or "(no metric)"),
             f"failovers: {self.failovers:.0f}",
             f"alive afterwards: {self.alive}; leaks: {self.leaks or 'none'}",

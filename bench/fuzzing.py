@@ -7,6 +7,7 @@ differs. A "case" is one HTTP exchange; ``Verdict`` says what was wrong with it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 from dataclasses import dataclass, field
@@ -303,53 +304,61 @@ def run_schemathesis(base_url: str, verdict: Verdict, max_examples: int,
     conformance failures by check name (empty when everything conforms)."""
     import requests
     import schemathesis
-    from hypothesis import HealthCheck, given, settings
-    from hypothesis import seed as hypothesis_seed
     from hypothesis.errors import Unsatisfiable
-    from schemathesis import checks as st_checks
 
     schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
+    conformance: dict[str, int] = {}
+    with requests.Session() as session:
+        for result in schema.get_all_operations():
+            for mode in (schemathesis.GenerationMode.POSITIVE,
+                         schemathesis.GenerationMode.NEGATIVE):
+                # Nothing to negate in an operation without parameters or body.
+                with contextlib.suppress(Unsatisfiable):
+                    _fuzz_operation(result.ok(), mode, base_url, session, verdict,
+                                    conformance, max_examples, seed)
+    return conformance
+
+
+def _fuzz_operation(op: Any, mode: Any, base_url: str, session: Any, verdict: Verdict,
+                    conformance: dict[str, int], max_examples: int, seed: int) -> None:
+    import requests
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import seed as hypothesis_seed
+    from schemathesis import checks as st_checks
+
     chosen = [st_checks.not_a_server_error, st_checks.status_code_conformance,
               st_checks.content_type_conformance, st_checks.response_schema_conformance]
-    conformance: dict[str, int] = {}
-    session = requests.Session()
-    for result in schema.get_all_operations():
-        op = result.ok()
-        for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
-            @given(case=op.as_strategy(generation_mode=mode), authed=st.booleans(),
-                   known_model=st.booleans())
-            @hypothesis_seed(seed)
-            @settings(max_examples=max_examples, deadline=None, database=None,
-                      suppress_health_check=list(HealthCheck))
-            def one(case: Any, authed: bool, known_model: bool) -> None:
-                if known_model and isinstance(case.body, dict) and "model" in case.body:
-                    # Half the bodies name a routed model, so they reach the provider.
-                    case.body["model"] = ("text-embedding-3-small" if "embeddings" in op.path
-                                          else "gpt-4o-mini")
-                headers = {"Authorization": f"Bearer {KEY}"} if authed else None
-                try:
-                    response = case.call(base_url=base_url, session=session, headers=headers,
-                                         timeout=30)
-                except requests.exceptions.InvalidHeader:
-                    return  # requests refused to send it (covered by the raw tests)
-                except requests.exceptions.ConnectionError as e:
-                    verdict.crashes += 1
-                    verdict.note(f"connection error: {op.label}: {e}")
-                    return
-                judge(verdict, response.status_code, response.content,
-                      f"schemathesis {mode.value} {op.label}: {case.body!r:.200}")
-                try:
-                    case.validate_response(response, checks=chosen)
-                except Exception as e:  # a FailureGroup: one entry per failed check
-                    for failure in getattr(e, "exceptions", [e]):
-                        name = type(failure).__name__
-                        conformance[name] = conformance.get(name, 0) + 1
-                        verdict.note(f"conformance {name}: {op.label} {mode.value}: "
-                                     f"{str(failure)[:200]}")
 
-            try:
-                one()
-            except Unsatisfiable:
-                pass  # nothing to negate (an operation without parameters or body)
-    session.close()
-    return conformance
+    @given(case=op.as_strategy(generation_mode=mode), authed=st.booleans(),
+           known_model=st.booleans())
+    @hypothesis_seed(seed)
+    @settings(max_examples=max_examples, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    def one(case: Any, authed: bool, known_model: bool) -> None:
+        if known_model and isinstance(case.body, dict) and "model" in case.body:
+            # Half the bodies name a routed model, so they reach the provider.
+            case.body["model"] = ("text-embedding-3-small" if "embeddings" in op.path
+                                  else "gpt-4o-mini")
+        headers = {"Authorization": f"Bearer {KEY}"} if authed else None
+        try:
+            response = case.call(base_url=base_url, session=session, headers=headers,
+                                 timeout=30)
+        except requests.exceptions.InvalidHeader:
+            return  # requests refused to send it (covered by the raw tests)
+        except requests.exceptions.ConnectionError as e:
+            verdict.cases += 1
+            verdict.crashes += 1
+            verdict.note(f"connection error: {op.label}: {e}")
+            return
+        judge(verdict, response.status_code, response.content,
+              f"schemathesis {mode.value} {op.label}: {case.body!r:.200}")
+        try:
+            case.validate_response(response, checks=chosen)
+        except Exception as e:  # a FailureGroup: one entry per failed check
+            for failure in getattr(e, "exceptions", [e]):
+                name = type(failure).__name__
+                conformance[name] = conformance.get(name, 0) + 1
+                verdict.note(f"conformance {name}: {op.label} {mode.value}: "
+                             f"{str(failure)[:200]}")
+
+    one()

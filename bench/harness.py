@@ -111,11 +111,21 @@ def env(**extra: str) -> dict[str, str]:
     return e
 
 
+def warden_argv(repo: Path | None) -> list[str]:
+    """``python -m proxy`` of this tree, or of ``repo`` (another worktree): ``-m`` would
+    put the current directory first on sys.path, so the other tree is imported by hand."""
+    if repo is None:
+        return [sys.executable, "-m", "proxy"]
+    return [sys.executable, "-c", f"import sys; sys.path[0] = {str(repo)!r}; "
+            "from proxy.cli import main; sys.exit(main())"]
+
+
 @contextmanager
 def stack(workdir: Path, policies: Callable[[str], list[dict[str, Any]]],
-          proxy_env: dict[str, str] | None = None, mock_args: tuple[str, ...] = ()
-          ) -> Iterator[Running]:
-    """Start the mock, write ``policies(mock_url)``, start Warden; stop both on exit."""
+          proxy_env: dict[str, str] | None = None, mock_args: tuple[str, ...] = (),
+          repo: Path | None = None) -> Iterator[Running]:
+    """Start the mock, write ``policies(mock_url)``, start Warden (of ``repo`` when
+    given); stop both on exit."""
     workdir.mkdir(parents=True, exist_ok=True)
     with Servers() as servers:
         mport = free_port()
@@ -129,7 +139,9 @@ def stack(workdir: Path, policies: Callable[[str], list[dict[str, Any]]],
             (pdir / f"{t['tenant']}.yaml").write_text(yaml.safe_dump(t, sort_keys=False))
         pport = free_port()
         proxy = servers.start(Server(
-            "warden", [sys.executable, "-m", "proxy", "serve", "--host", "127.0.0.1",
+            "warden", [*warden_argv(repo), "serve", "--host", "127.0.0.1",
                        "--port", str(pport), "--policies", str(pdir)],
-            pport, "/readyz", workdir / "warden.log", env(**(proxy_env or {}))), timeout=90)
+            pport, "/readyz", workdir / "warden.log",
+            env(**(proxy_env or {}), **({"PYTHONPATH": str(repo)} if repo else {}))),
+            timeout=90)
         yield Running(mock, proxy, pdir)
