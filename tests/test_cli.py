@@ -71,7 +71,15 @@ def test_demo_runs_end_to_end() -> None:
     out = subprocess.run([sys.executable, "-m", "proxy", "demo"], capture_output=True,
                          text=True, env=env_for_subprocess(), timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "agent got back    Echo: Draft a status update" in out.stdout
+    lines = out.stdout.splitlines()
+    sent = next(i for i, line in enumerate(lines) if "provider received" in line)
+    provider_saw = lines[sent] + lines[sent + 1]
+    assert "<EMAIL_ADDRESS_" in provider_saw and "jane.doe@example.com" not in provider_saw
+    assert "sk-proj-" not in provider_saw
+    assert "agent got back    Echo: Email the invoice to jane.doe@example.com" in out.stdout
+    assert "400 content_filter" in out.stdout and "prompt injection" in out.stdout
     assert "401 invalid_api_key" in out.stdout
+    assert out.stderr == "", out.stderr
     assert 'warden_requests_total{model="gpt-4o-mini",outcome="ok",tenant="demo"} 2.0' \
         in out.stdout
+    assert 'warden_injection_detections_total{action="block"' in out.stdout

@@ -1,0 +1,212 @@
+"""Train the built-in injection classifier (proxy/injection/model.npz).
+
+Training data are the public TRAINING splits only; the validation splits fit the
+per-role calibration and pick the default threshold; no test split is read here.
+
+- user role: neuralchemy core train (+ S-Labs train with --slabs), labels as given.
+- tool role: BIPIA train contexts cut into the same windows the detector scores; a
+  window of a clean context is a negative, a window holding a whole inserted attack is a
+  positive. Neuralchemy training attacks are inserted into BIPIA training contexts too,
+  so classic injections inside documents are positives as well. Three of BIPIA's fifteen
+  training attack categories and a fifth of its contexts are held out as the tool-role
+  validation set, so the threshold is tuned on attacks the model has not seen.
+
+Needs the ``bench`` extra (scipy, pyarrow). Run from the repo root:
+    python bench/train_injection.py [--slabs] [--dim 18] [--out proxy/injection/model.npz]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import scipy.optimize
+import scipy.sparse
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import injection_data as data
+
+from proxy.injection.classifier import LinearModel, features, units
+from proxy.injection.normalise import normalise
+
+Row = tuple[str, str, int, float]  # text, role, label, weight
+
+
+def _view(text: str) -> str:
+    # The classifier sees the folded view at run time (see detector.py); train on it.
+    return normalise(text).folded
+
+
+def _bipia_rows(
+    part: data.BipiaPartition, attacks: list[str], rng: random.Random, per_context: int
+) -> list[Row]:
+    """Training rows: the detector's windows of clean and of injected contexts. E-mails
+    are weighted up to carry as much weight as the (18 times more numerous) tables."""
+    rows: list[Row] = []
+    n_email = max(1, part.kinds.count("email"))
+    weights = {"email": part.kinds.count("table") / n_email, "table": 1.0}
+    for kind, context in zip(part.kinds, part.contexts, strict=True):
+        wt = weights[kind]
+        for w in units(context, "tool"):
+            rows.append((w, "tool", 0, wt))
+        for attack in rng.sample(attacks, min(per_context, len(attacks))):
+            where = rng.choice(("start", "middle", "end"))
+            doc = data.insert(context, attack, where)
+            for w in units(doc, "tool"):
+                if attack in w:
+                    rows.append((w, "tool", 1, wt))
+    return rows
+
+
+def _doc_rows() -> list[Row]:
+    """Benign tool-role negatives beyond BIPIA's emails and tables: the prose of the
+    Python reference documentation shipped with the interpreter (pydoc_data.topics),
+    full of imperative sentences ("Use ... to ...", "Return ...") that are not
+    injections. Without these, the tool-role features learn "not an email or a table"
+    instead of "an instruction to the assistant"."""
+    from pydoc_data.topics import topics
+
+    rows: list[Row] = []
+    for text in topics.values():
+        rows.extend((u, "tool", 0, 1.0) for u in units(text, "tool"))
+    return rows
+
+
+def build(args: argparse.Namespace) -> tuple[list[Row], dict[str, list[tuple[str, str, int]]]]:
+    rng = random.Random(args.seed)
+    rows: list[Row] = [(s.text, "user", s.label, 1.0) for s in data.neuralchemy("train")]
+    if args.slabs:
+        rows += [(s.text, "user", s.label, args.slabs_weight) for s in data.slabs("train")]
+
+    fit = data.bipia_partition("fit", args.seed)
+    nc_attacks = [s.text for s in data.neuralchemy("train") if s.label == 1 and len(s.text) < 400]
+    fit_rows = _bipia_rows(fit, fit.attacks + rng.sample(nc_attacks, 300), rng,
+                           args.attacks_per_context)
+    rows += fit_rows
+    if args.docs:
+        rows += _doc_rows()
+
+    val = {
+        "user": [(s.text, "user", s.label) for s in data.neuralchemy("validation")],
+        "tool": [(s.text, "tool", s.label) for s in data.bipia("validation", seed=args.seed)],
+    }
+    return rows, val
+
+
+def matrix(rows: list[tuple[str, str]], dim: int, ngrams: tuple[int, ...]
+           ) -> scipy.sparse.csr_matrix:
+    indptr = [0]
+    indices: list[np.ndarray] = []
+    values: list[np.ndarray] = []
+    for text, role in rows:
+        idx, val = features(_view(text), role, dim, ngrams)
+        indices.append(idx)
+        values.append(val)
+        indptr.append(indptr[-1] + len(idx))
+    return scipy.sparse.csr_matrix(
+        (np.concatenate(values), np.concatenate(indices), np.array(indptr)),
+        shape=(len(rows), dim),
+    )
+
+
+def fit(x: scipy.sparse.csr_matrix, y: np.ndarray, w: np.ndarray, l2: float) -> np.ndarray:
+    """L2-regularised weighted logistic regression (L-BFGS); returns [weights..., bias]."""
+    sign = 2.0 * y - 1.0
+    wsum = w.sum()
+
+    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        margin = x @ theta[:-1] + theta[-1]
+        z = -sign * margin
+        lz = np.logaddexp(0.0, z)
+        g = -sign * scipy.special.expit(z) * w / wsum
+        value = float((w * lz).sum() / wsum + 0.5 * l2 * theta[:-1] @ theta[:-1])
+        grad = np.concatenate([x.T @ g + l2 * theta[:-1], [g.sum()]])
+        return value, grad
+
+    theta0 = np.zeros(x.shape[1] + 1)
+    res = scipy.optimize.minimize(loss, theta0, jac=True, method="L-BFGS-B",
+                                  options={"maxiter": 400})
+    return np.asarray(res.x)
+
+
+def platt(margins: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    def loss(p: np.ndarray) -> float:
+        z = p[0] * margins + p[1]
+        return float(np.mean(np.logaddexp(0.0, z) - y * z))
+
+    res = scipy.optimize.minimize(loss, np.array([1.0, 0.0]), method="Nelder-Mead")
+    return float(res.x[0]), float(res.x[1])
+
+
+def threshold_at_fpr(scores: np.ndarray, y: np.ndarray, fpr: float) -> tuple[float, float]:
+    """Lowest threshold whose FPR is <= fpr, and the recall there."""
+    neg = np.sort(scores[y == 0])[::-1]
+    k = int(np.floor(fpr * len(neg)))
+    thr = float(np.nextafter(neg[k], 1.0)) if k < len(neg) else 0.0
+    return thr, float((scores[y == 1] >= thr).mean())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dim", type=int, default=18, help="log2 of the hashed feature space")
+    ap.add_argument("--l2", type=float, default=3e-6)
+    ap.add_argument("--char-ngrams", default="3,4,5")
+    ap.add_argument("--slabs", action="store_true")
+    ap.add_argument("--slabs-weight", type=float, default=0.5)
+    ap.add_argument("--attacks-per-context", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-docs", dest="docs", action="store_false",
+                    help="leave out the pydoc tool-role negatives")
+    ap.add_argument("--out", type=Path, default=Path("proxy/injection/model.npz"))
+    args = ap.parse_args()
+    dim = 1 << args.dim
+
+    t0 = time.perf_counter()
+    rows, val = build(args)
+    ngrams = tuple(int(n) for n in args.char_ngrams.split(","))
+    x = matrix([(t, r) for t, r, _, _ in rows], dim, ngrams)
+    y = np.array([lab for _, _, lab, _ in rows], dtype=np.float64)
+    w = np.array([wt for _, _, _, wt in rows], dtype=np.float64)
+    # Balance the two roles so thousands of table windows do not drown the prompts.
+    for role in ("user", "tool"):
+        mask = np.array([r == role for _, r, _, _ in rows])
+        w[mask] *= 0.5 * len(rows) / max(1, mask.sum())
+    print(f"{len(rows)} rows ({int(y.sum())} positive), features in "
+          f"{time.perf_counter() - t0:.1f}s", flush=True)
+    theta = fit(x, y, w, args.l2)
+    model = LinearModel(theta[:-1].astype(np.float32), float(theta[-1]), {}, "", {}, ngrams)
+    print(f"fitted in {time.perf_counter() - t0:.1f}s", flush=True)
+
+    calibration: dict[str, tuple[float, float]] = {}
+    report: dict[str, dict[str, float]] = {}
+    for role, items in val.items():
+        margins = np.array([max(model.margin(u, role) for u in units(_view(t), role))
+                            for t, _, _ in items])
+        labels = np.array([lab for _, _, lab in items], dtype=np.float64)
+        calibration[role] = platt(margins, labels)
+        a, b = calibration[role]
+        probs = 1.0 / (1.0 + np.exp(-(a * margins + b)))
+        thr, rec = threshold_at_fpr(probs, labels, 0.02)
+        report[role] = {"threshold_at_2pct_fpr": thr, "recall_there": rec,
+                        "recall_at_0.5": float((probs[labels == 1] >= 0.5).mean()),
+                        "fpr_at_0.5": float((probs[labels == 0] >= 0.5).mean())}
+    version = f"builtin-{time.strftime('%Y%m%d')}-d{args.dim}{'-slabs' if args.slabs else ''}"
+    thresholds = {role: round(max(0.5, r["threshold_at_2pct_fpr"]), 4)
+                  for role, r in report.items()}
+    final = LinearModel(model.weights, model.bias, calibration, version, thresholds, ngrams)
+    final.save(args.out, threshold_report=json.dumps(report))
+    print(json.dumps({"version": version, "calibration": calibration, "validation": report,
+                      "thresholds": thresholds},
+                     indent=2))
+    print(f"saved {args.out} ({args.out.stat().st_size // 1024} KiB)")
+
+
+if __name__ == "__main__":
+    main()
