@@ -35,6 +35,8 @@ from bench.fuzzing import FAULTY_KEYS, KEY, Verdict, judge
 def policies(mock: str) -> list[dict[str, Any]]:
     return [
         harness.basic_tenant(mock),
+        {**harness.basic_tenant(mock, fuzzing.GUARDED_KEY, "guarded"),
+         **fuzzing.GUARDED_SECTIONS},
         harness.tenant("faulty", FAULTY_KEYS[0], {
             "gpt-4o-mini": [harness.deployment(mock, "fail_rate=0.5,status=503")]}),
         harness.tenant("down", FAULTY_KEYS[1], {
@@ -63,17 +65,18 @@ def run_hypothesis(url: str, verdict: Verdict, examples: int) -> None:
     json_headers = {"Content-Type": "application/json"}
 
     @given(body=fuzzing.chat_bodies(), path=st.sampled_from(fuzzing.ENDPOINTS),
-           key=st.sampled_from([KEY, KEY, *FAULTY_KEYS]))
+           key=st.sampled_from([KEY, fuzzing.GUARDED_KEY, fuzzing.GUARDED_KEY, *FAULTY_KEYS]))
     @cfg
     def mutated(body: Any, path: str, key: str) -> None:
         content = json.dumps(body).encode()
         send(path, content, {**json_headers, "Authorization": f"Bearer {key}"},
              f"{path} {content[:200]!r}")
 
-    @given(raw=fuzzing.raw_bodies(), path=st.sampled_from(fuzzing.ENDPOINTS))
+    @given(raw=fuzzing.raw_bodies(), path=st.sampled_from(fuzzing.ENDPOINTS),
+           key=st.sampled_from([KEY, fuzzing.GUARDED_KEY]))
     @cfg
-    def raw(raw: bytes, path: str) -> None:
-        send(path, raw, {**json_headers, "Authorization": f"Bearer {KEY}"}, repr(raw[:200]))
+    def raw(raw: bytes, path: str, key: str) -> None:
+        send(path, raw, {**json_headers, "Authorization": f"Bearer {key}"}, repr(raw[:200]))
 
     @given(value=fuzzing.json_values)
     @cfg
@@ -131,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         fds_after = run.open_fds()
     elapsed = time.monotonic() - started
     print(verdict.figure())
+    print("statuses: " + ", ".join(f"{k}={v}" for k, v in sorted(verdict.statuses.items())))
     print(f"schemathesis conformance failures: {sum(conformance.values())} {conformance or ''}")
     print(f"proxy alive afterwards: {alive}; open fds before/after: {fds_before}/{fds_after}; "
           f"{elapsed:.0f} s")

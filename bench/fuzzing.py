@@ -10,12 +10,21 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from hypothesis import strategies as st
 
 KEY = "vk-test-key-0001"
+# A tenant with the screening policies on (PII, injection, scope, and limits/budget once
+# they exist), so hostile input also goes through every request and response hook.
+GUARDED_KEY = "vk-fuzz-guarded-001"
+GUARDED_SECTIONS: dict[str, Any] = {
+    "pii": {"tier": "default", "actions": {"CREDIT_CARD": "mask", "US_SSN": "block"}},
+    "injection": {"action": "block"},
+    "scope": {"max_tokens": 4096, "max_messages": 500},
+}
 # Tenants whose provider is broken on purpose: a 502/503/504 is the right answer there.
 FAULTY_KEYS = ("vk-fuzz-faulty-0001", "vk-fuzz-down-00001")
 ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/chat/completions", "/embeddings")
@@ -32,6 +41,7 @@ class Verdict:
     bad_shapes: int = 0  # a 4xx whose body is not an OpenAI error
     crashes: int = 0  # the server stopped answering (connection refused / reset)
     problems: list[str] = field(default_factory=list)
+    statuses: Counter[int] = field(default_factory=Counter)
 
     def note(self, what: str) -> None:
         if len(self.problems) < 20:
@@ -63,6 +73,7 @@ def judge(verdict: Verdict, status: int, body: bytes, label: str,
     """Record one exchange. ``protocol_level``: the request was not valid HTTP/1.1, so
     aiohttp's parser answered before Warden's app ran (see SECURITY.md, known gaps)."""
     verdict.cases += 1
+    verdict.statuses[status] += 1
     text = body.decode("utf-8", "replace")
     if any(m in text for m in TRACE_MARKERS):
         verdict.tracebacks += 1

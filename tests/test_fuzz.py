@@ -32,6 +32,8 @@ FUZZ = settings(max_examples=40, deadline=None, derandomize=True, database=None,
 def fuzz_policies(url: str) -> list[dict[str, Any]]:
     return [
         tenant_policy(url),
+        tenant_policy(url, tenant="guarded", key=fuzzing.GUARDED_KEY,
+                      **fuzzing.GUARDED_SECTIONS),
         tenant_policy(url, tenant="faulty", key=FAULTY_KEYS[0],
                       spec="fail_rate=0.5,status=503,truncate=0"),
         tenant_policy("http://127.0.0.1:9", tenant="down", key=FAULTY_KEYS[1]),
@@ -75,12 +77,16 @@ def _send(client: httpx.Client, verdict: Verdict, path: str, content: bytes,
 
 
 @given(body=fuzzing.chat_bodies(), path=st.sampled_from(fuzzing.ENDPOINTS),
-       key=st.sampled_from([KEY, KEY, *FAULTY_KEYS]))
+       key=st.sampled_from([KEY, fuzzing.GUARDED_KEY, fuzzing.GUARDED_KEY, *FAULTY_KEYS]))
 # Found by bench/fuzz.py: an unhashable role was a 500 (TypeError in validate.chat).
 @example(body={"model": "gpt-4o-mini", "messages": [{"role": {}, "content": "hi"}]},
          path="/v1/chat/completions", key=KEY)
 @example(body={"model": "gpt-4o-mini", "messages": [{"role": ["user"], "content": "hi"}],
                "stream": True}, path="/chat/completions", key=KEY)
+# Found by bench/fuzz.py: a lone surrogate reached the injection scanner, which failed
+# (closed, 503) instead of the request being refused as bad input (400).
+@example(body={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "\udfff"}]},
+         path="/v1/chat/completions", key=fuzzing.GUARDED_KEY)
 @FUZZ
 def test_mutated_json_bodies(client: httpx.Client, verdict: Verdict, body: Any, path: str,
                              key: str) -> None:
@@ -90,12 +96,16 @@ def test_mutated_json_bodies(client: httpx.Client, verdict: Verdict, body: Any, 
     assert verdict.ok, verdict.problems
     if len(content) > 256 * 1024:
         assert r.status_code == 413, r.text
+    if "\\ud" in content.decode() and r.status_code == 400:
+        assert "surrogate" in r.text or "content[" in r.text or "must be" in r.text, r.text
 
 
-@given(raw=fuzzing.raw_bodies(), path=st.sampled_from(fuzzing.ENDPOINTS))
+@given(raw=fuzzing.raw_bodies(), path=st.sampled_from(fuzzing.ENDPOINTS),
+       key=st.sampled_from([KEY, fuzzing.GUARDED_KEY]))
 @FUZZ
-def test_raw_bodies(client: httpx.Client, verdict: Verdict, raw: bytes, path: str) -> None:
-    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+def test_raw_bodies(client: httpx.Client, verdict: Verdict, raw: bytes, path: str,
+                    key: str) -> None:
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     r = _send(client, verdict, path, raw, headers, f"{path} {raw[:200]!r}")
     assert verdict.ok, verdict.problems
     assert r.status_code in (200, 400, 404, 413), r.text
