@@ -28,7 +28,9 @@ import random
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,14 @@ from bench.fuzzing import TRACE_MARKERS, is_openai_error
 KEY = harness.KEY
 # Hung deployments must give up quickly, or the run measures the timeout, not the proxy.
 FAST_TIMEOUTS = {"connect": 1.0, "first_byte": 1.5, "idle": 1.0, "total": 3.0}
+
+
+# With --accounting: limits and a budget on a private Redis, so afterwards every
+# concurrency slot and budget reservation can be counted (must be zero: exact accounting).
+ACCOUNTING_SECTIONS: dict[str, Any] = {
+    "limits": {"rpm": 1_000_000, "tpm": 1_000_000_000, "concurrency": 10_000},
+    "budget": {"tokens": 1_000_000_000, "period": "day", "max_tokens": 64},
+}
 
 
 def policies(mock: str) -> list[dict[str, Any]]:
@@ -256,6 +266,8 @@ class Report:
     concurrency: int
     attempts: Counter[str] = field(default_factory=Counter)
     failovers: float = 0.0
+    # --accounting: entries still held per slot/lease set right after the run (None: off)
+    held: dict[str, int] | None = None
 
     @property
     def leaks(self) -> list[str]:
@@ -272,6 +284,11 @@ class Report:
         if self.after["sockets"] > allowed:
             out.append(f"sockets {self.baseline['sockets']} -> {self.after['sockets']} "
                        f"(allowed {allowed})")
+        if self.held is not None:
+            if not self.held:
+                out.append("accounting: no slot or lease set found in Redis (nothing checked)")
+            elif any(self.held.values()):
+                out.append(f"accounting: reservations still held {self.held}")
         return out
 
     @property
@@ -298,6 +315,9 @@ class Report:
             "upstream attempts by outcome: "
             + (", ".join(f"{k}={v}" for k, v in sorted(self.attempts.items())) or "(no metric)"),
             f"failovers: {self.failovers:.0f}",
+            *([] if self.held is None else [
+                f"reservations held after the run: {sum(self.held.values())} "
+                f"(in {len(self.held)} slot/lease sets)"]),
             f"alive afterwards: {self.alive}; leaks: {self.leaks or 'none'}",
         ]
         lines += [f"  bad: {b}" for b in t.bad]
@@ -315,10 +335,35 @@ def settle(run: harness.Running, baseline_tasks: int, seconds: float) -> dict[st
 
 
 def run_chaos(workdir: Path, requests: int, concurrency: int, disconnect_rate: float,
-              seed: int, max_seconds: float, proxy_env: dict[str, str] | None = None
-              ) -> Report:
+              seed: int, max_seconds: float, proxy_env: dict[str, str] | None = None,
+              accounting: bool = False, repo: Path | None = None) -> Report:
+    if not accounting:
+        return _run(workdir, requests, concurrency, disconnect_rate, seed, max_seconds,
+                    proxy_env or {}, policies, None, repo)
+    from bench.redis_chaos import RedisProcess
+
+    redis_proc = RedisProcess(workdir)
+    redis_proc.start()
+    try:
+        prefix = f"chaos-{uuid.uuid4().hex[:8]}"
+        env = {**(proxy_env or {}), "WARDEN_REDIS_URL": redis_proc.url,
+               "WARDEN_REDIS_PREFIX": prefix}
+
+        def with_accounting(mock: str) -> list[dict[str, Any]]:
+            return [{**t, **ACCOUNTING_SECTIONS} for t in policies(mock)]
+
+        return _run(workdir, requests, concurrency, disconnect_rate, seed, max_seconds, env,
+                    with_accounting, (redis_proc.url, prefix), repo)
+    finally:
+        redis_proc.stop()
+
+
+def _run(workdir: Path, requests: int, concurrency: int, disconnect_rate: float, seed: int,
+         max_seconds: float, proxy_env: dict[str, str],
+         make_policies: Callable[[str], list[dict[str, Any]]],
+         redis_at: tuple[str, str] | None, repo: Path | None) -> Report:
     started = time.monotonic()
-    with harness.stack(workdir, policies, proxy_env=proxy_env) as run:
+    with harness.stack(workdir, make_policies, proxy_env=proxy_env, repo=repo) as run:
         baseline = {**run.runtime(), "sockets": run.sockets()}
         client_timeout = FAST_TIMEOUTS["total"] * 5 + 5
         tally = asyncio.run(asyncio.wait_for(
@@ -333,9 +378,15 @@ def run_chaos(workdir: Path, requests: int, concurrency: int, disconnect_rate: f
         after = {**after, "sockets": run.sockets()}
         alive = run.alive() and run.runtime()["asyncio_tasks"] >= 0
         failovers = metric_sums(run.url, ("warden_upstream_failovers_total",))
+        held = None
+        if redis_at is not None:
+            from bench.redis_chaos import leftovers
+
+            time.sleep(1.0)  # settles run just after the reply (store.settle_soon)
+            held = leftovers(*redis_at)
         return Report(tally, baseline, after, tcp, alive, time.monotonic() - started,
                       concurrency, attempt_reasons(run.url),
-                      failovers["warden_upstream_failovers_total"])
+                      failovers["warden_upstream_failovers_total"], held)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -345,10 +396,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--disconnect-rate", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--max-seconds", type=float, default=300)
+    ap.add_argument("--accounting", action="store_true",
+                    help="limits + budget on a private redis-server; afterwards no "
+                    "reservation may be left (needs the Redis store)")
+    ap.add_argument("--repo", type=Path, default=None, help="run this Warden tree instead")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="warden-chaos-") as tmp:
         report = run_chaos(Path(tmp), args.requests, args.concurrency, args.disconnect_rate,
-                           args.seed, args.max_seconds)
+                           args.seed, args.max_seconds, accounting=args.accounting,
+                           repo=args.repo)
     print(report.render())
     return 0 if report.ok else 1
 
