@@ -50,6 +50,7 @@ FAST_TIMEOUTS = {"connect": 1.0, "first_byte": 1.5, "idle": 1.0, "total": 3.0}
 
 # With --accounting: limits and a budget on a private Redis, so afterwards every
 # concurrency slot and budget reservation can be counted (must be zero: exact accounting).
+WORST_CASE_TOKENS = 64 + 64  # max_tokens below + a generous prompt estimate
 ACCOUNTING_SECTIONS: dict[str, Any] = {
     "limits": {"rpm": 1_000_000, "tpm": 1_000_000_000, "concurrency": 10_000},
     "budget": {"tokens": 1_000_000_000, "period": "day", "max_tokens": 64},
@@ -89,6 +90,8 @@ class Tally:
     outcomes: Counter[str] = field(default_factory=Counter)
     bad: list[str] = field(default_factory=list)
     statuses: Counter[int] = field(default_factory=Counter)
+    tokens: int = 0  # total_tokens of every usage block a client received
+    with_usage: int = 0  # replies that carried one
 
     def fail(self, what: str) -> None:
         self.outcomes["bad"] += 1
@@ -115,12 +118,27 @@ def judge_stream(body: bytes) -> tuple[str, str | None]:
     return "bad", f"stream ended without [DONE] or error: {last[:120]!r}"
 
 
+def stream_tokens(body: bytes) -> int:
+    for event in body.split(b"\n\n"):
+        if b'"usage":{' in event or b'"usage": {' in event:
+            try:
+                doc = json.loads(event.strip().removeprefix(b"data: "))
+            except ValueError:
+                continue
+            if isinstance(doc.get("usage"), dict):
+                return int(doc["usage"].get("total_tokens", 0))
+    return 0
+
+
 async def one(session: aiohttp.ClientSession, url: str, rng: random.Random, tally: Tally,
               disconnect_rate: float, client_timeout: float) -> None:
     model = rng.choice(MODELS)
     stream = rng.random() < 0.5
-    body = {"model": model, "stream": stream,
-            "messages": [{"role": "user", "content": f"chaos {rng.random():.6f}"}]}
+    body: dict[str, Any] = {
+        "model": model, "stream": stream,
+        "messages": [{"role": "user", "content": f"chaos {rng.random():.6f}"}]}
+    if stream:
+        body["stream_options"] = {"include_usage": True}
     hang_up_after = rng.uniform(0.0, 0.6) if rng.random() < disconnect_rate else None
 
     async def exchange() -> None:
@@ -132,6 +150,9 @@ async def one(session: aiohttp.ClientSession, url: str, rng: random.Random, tall
             if any(m in text for m in TRACE_MARKERS):
                 tally.fail(f"traceback in reply: {text[:200]}")
             elif r.status == 200 and stream:
+                seen = stream_tokens(raw)
+                tally.tokens += seen
+                tally.with_usage += seen > 0
                 ending, problem = judge_stream(raw)
                 if problem is None:
                     tally.outcomes[f"stream_{ending}"] += 1
@@ -139,8 +160,11 @@ async def one(session: aiohttp.ClientSession, url: str, rng: random.Random, tall
                     tally.fail(f"{model}: {problem}")
             elif r.status == 200:
                 try:
-                    json.loads(raw)["choices"]
+                    reply = json.loads(raw)
+                    reply["choices"]
                     tally.outcomes["ok"] += 1
+                    tally.tokens += int((reply.get("usage") or {}).get("total_tokens", 0))
+                    tally.with_usage += 1
                 except (ValueError, KeyError, TypeError):
                     tally.fail(f"{model}: 200 that is not a completion: {text[:200]}")
             elif is_openai_error(raw):
@@ -210,6 +234,19 @@ def tcp_states(pid: int) -> Counter[str]:
     names = {"01": "ESTABLISHED", "06": "TIME_WAIT", "08": "CLOSE_WAIT", "0A": "LISTEN",
              "04": "FIN_WAIT1", "05": "FIN_WAIT2", "09": "LAST_ACK", "07": "CLOSE"}
     states: Counter[str] = Counter()
+    rows = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                rows += [line.split() for line in f]
+        except OSError:
+            continue
+    listening = {int(r[1].split(":")[1], 16) for r in rows if r[9] in inodes and r[3] == "0A"}
+    for parts in rows:
+        if parts[9] in inodes and parts[3] != "0A" \
+                and int(parts[1].split(":")[1], 16) in listening:
+            states["CLIENT"] += 1  # accepted from a client, not one Warden opened
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(table) as f:
@@ -266,8 +303,11 @@ class Report:
     concurrency: int
     attempts: Counter[str] = field(default_factory=Counter)
     failovers: float = 0.0
-    # --accounting: entries still held per slot/lease set right after the run (None: off)
+    # --accounting: entries still held per slot/lease set right after the run, and the
+    # tokens the budget ledger recorded (None: off)
     held: dict[str, int] | None = None
+    spent: int = 0
+    seen_tokens: int = 0
 
     @property
     def leaks(self) -> list[str]:
@@ -280,16 +320,30 @@ class Report:
             out.append(f"{self.tcp_after['CLOSE_WAIT']} sockets in CLOSE_WAIT: {where}")
         # Idle keep-alive connections to the mock may stay pooled, at most one per
         # concurrent request; anything beyond that is a socket nobody owns.
-        allowed = self.baseline["sockets"] + self.concurrency
+        # With --accounting the store keeps a pool of Redis connections as well.
+        pools = 2 if self.held is not None else 1
+        allowed = self.baseline["sockets"] + pools * self.concurrency
+        # (An ESTABLISHED client connection is one the client side still holds: on
+        # loopback a closed client socket shows up here as CLOSE_WAIT, counted above.)
         if self.after["sockets"] > allowed:
             out.append(f"sockets {self.baseline['sockets']} -> {self.after['sockets']} "
                        f"(allowed {allowed})")
         if self.held is not None:
-            if not self.held:
-                out.append("accounting: no slot or lease set found in Redis (nothing checked)")
-            elif any(self.held.values()):
+            if any(self.held.values()):
                 out.append(f"accounting: reservations still held {self.held}")
+            # Every token a client saw in a usage block was charged (hung-up and failed
+            # requests may add more: they settle to what is known, or the worst case).
+            # Each of the others is charged at most its worst case (prompt + max_tokens).
+            unseen = self.requests - self.tally.with_usage
+            ceiling = self.seen_tokens + unseen * WORST_CASE_TOKENS
+            if not self.seen_tokens <= self.spent <= ceiling or self.spent == 0:
+                out.append(f"accounting: budget recorded {self.spent} tokens; clients saw "
+                           f"{self.seen_tokens}, ceiling {ceiling}")
         return out
+
+    @property
+    def requests(self) -> int:
+        return sum(self.tally.statuses.values()) + self.tally.outcomes["client_hung_up"]
 
     @property
     def ok(self) -> bool:
@@ -316,8 +370,8 @@ class Report:
             + (", ".join(f"{k}={v}" for k, v in sorted(self.attempts.items())) or "(no metric)"),
             f"failovers: {self.failovers:.0f}",
             *([] if self.held is None else [
-                f"reservations held after the run: {sum(self.held.values())} "
-                f"(in {len(self.held)} slot/lease sets)"]),
+                f"reservations held after the run: {sum(self.held.values())}; budget "
+                f"tokens recorded {self.spent} (usage seen by clients {self.seen_tokens})"]),
             f"alive afterwards: {self.alive}; leaks: {self.leaks or 'none'}",
         ]
         lines += [f"  bad: {b}" for b in t.bad]
@@ -380,13 +434,14 @@ def _run(workdir: Path, requests: int, concurrency: int, disconnect_rate: float,
         failovers = metric_sums(run.url, ("warden_upstream_failovers_total",))
         held = None
         if redis_at is not None:
-            from bench.redis_chaos import leftovers
+            from bench.redis_chaos import budget_spent, leftovers
 
             time.sleep(1.0)  # settles run just after the reply (store.settle_soon)
             held = leftovers(*redis_at)
         return Report(tally, baseline, after, tcp, alive, time.monotonic() - started,
                       concurrency, attempt_reasons(run.url),
-                      failovers["warden_upstream_failovers_total"], held)
+                      failovers["warden_upstream_failovers_total"], held,
+                      budget_spent(*redis_at) if redis_at else 0, tally.tokens)
 
 
 def main(argv: list[str] | None = None) -> int:
