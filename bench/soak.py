@@ -33,6 +33,7 @@ if __package__ in (None, ""):
 import aiohttp
 
 from bench import harness
+from bench.chaos import tcp_states
 
 KEY = harness.KEY
 
@@ -130,13 +131,14 @@ class SoakReport:
 
     def render(self) -> str:
         lines = ["| window | s | requests | req/s | expected 4xx | unexpected | RSS MB "
-                 "| open fds | asyncio tasks |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                 "| open fds* | asyncio tasks* |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for w in self.windows:
             lines.append(f"| {w.index} | {w.seconds:.0f} | {w.requests} | "
                          f"{w.requests / w.seconds if w.seconds else 0:.0f} | {w.refusals} | "
                          f"{w.unexpected} | {w.rss_mb:.1f} | {w.fds} | {w.tasks} |")
         s, e = self.start, self.end
         lines += [
+            "* not counting client keep-alive connections and their handler tasks",
             "",
             f"{self.requests} requests, {self.unexpected} unexpected replies; "
             f"RSS start/end {s.rss_mb:.1f}/{e.rss_mb:.1f} MB "
@@ -182,9 +184,14 @@ async def drive(run: harness.Running, seconds: float, windows: int, rps: float,
             w.refusals += 1
 
     def sample(w: Window, started: float) -> None:
+        # Connections the clients keep alive (and the one handler task each) move with
+        # the client pool's size, not with Warden's health: counted out.
         rt = run.runtime()
+        clients = tcp_states(run.pid).get("CLIENT", 0)
         w.seconds = time.monotonic() - started
-        w.rss_mb, w.fds, w.tasks = run.rss_mb(), run.open_fds(), rt["asyncio_tasks"]
+        w.rss_mb = run.rss_mb()
+        w.fds = run.open_fds() - clients
+        w.tasks = rt["asyncio_tasks"] - clients
 
     async with aiohttp.ClientSession() as session:
         # Warm-up window (not reported): pools fill, caches warm, first-use allocations.
