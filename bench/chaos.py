@@ -394,8 +394,11 @@ def run_chaos(workdir: Path, requests: int, concurrency: int, disconnect_rate: f
     if not accounting:
         return _run(workdir, requests, concurrency, disconnect_rate, seed, max_seconds,
                     proxy_env or {}, policies, None, repo)
-    from bench.redis_chaos import RedisProcess
+    from bench.redis_chaos import RedisProcess, has_redis_store
 
+    if not has_redis_store(repo or harness.ROOT):
+        raise RuntimeError("--accounting needs the Redis store (proxy/store from the "
+                           "limits/budget work); this tree does not have it yet")
     redis_proc = RedisProcess(workdir)
     redis_proc.start()
     try:

@@ -36,3 +36,25 @@ def test_judge_stream_tells_clean_endings_from_cut_ones() -> None:
     assert chaos.judge_stream(error) == ("error_event", None)
     assert chaos.judge_stream(cut)[0] == "bad"
     assert chaos.judge_stream(b"")[0] == "bad"
+
+
+@pytest.mark.slow
+def test_chaos_accounting_leaves_no_reservation(tmp_path: Path) -> None:
+    """With limits and a budget on Redis: after the chaos, no slot or budget lease is
+    held, and the budget recorded at least every token clients saw and at most the
+    worst case for the rest. (Needs the Redis store from the limits/budget work; until
+    the tree has it, the test only checks the guard that says so.)"""
+    from bench import harness, redis_chaos
+
+    if not redis_chaos.has_redis_store(harness.ROOT):
+        with pytest.raises(RuntimeError, match="needs the Redis store"):
+            chaos.run_chaos(tmp_path, requests=10, concurrency=2, disconnect_rate=0,
+                            seed=1, max_seconds=30, accounting=True)
+        return
+    report = chaos.run_chaos(tmp_path, requests=240, concurrency=16, disconnect_rate=0.2,
+                             seed=11, max_seconds=120, accounting=True)
+    print(report.render())
+    assert report.tally.bad == [], report.tally.bad
+    assert report.held is not None and not any(report.held.values()), report.held
+    assert report.spent >= report.tally.tokens > 0
+    assert report.leaks == [], report.leaks
