@@ -121,11 +121,37 @@ CORE_TARGETS: tuple[Target, ...] = (
     Target("ready_s", max=2.0),
 )
 
+REDIS = {"WARDEN_REDIS_URL": "redis://127.0.0.1:6379/0"}
+# Limits and budget high enough never to refuse during a run: what is measured is the
+# cost of checking them (one Redis round trip before the call, one after).
+UNREFUSING = {"limits": {"rpm": 100_000_000, "tpm": 10_000_000_000, "concurrency": 10_000},
+              "budget": {"usd": 1e9, "period": "month"}}
+TWENTY_TURNS = Workload("twenty-turns", conversation(20))
+
 SCENARIOS: list[Scenario] = [
     Scenario(
         name="warden",
         description="Warden, no policies (key check and routing only)",
         targets=CORE_TARGETS,
+    ),
+    Scenario(
+        name="limits+budget/redis",
+        description="limits and budget on the shared Redis (issue 5)",
+        sections=UNREFUSING,
+        env=REDIS,
+        targets=(Target("added_p50_ms", max=0.3, vs="warden"),),
+    ),
+    Scenario(
+        name="whole-chain/20-turns",
+        description="limits+budget on Redis, loops, scope, injection, PII, telemetry on a "
+                    "20-turn AutoGen-shaped conversation; every message already judged and "
+                    "scanned (the cached path a resent history takes)",
+        sections={**UNREFUSING, "loops": {"repeats": 3}, "scope": {"max_messages": 100},
+                  "injection": {"action": "block"}, "pii": {}},
+        env=REDIS,
+        workload=TWENTY_TURNS,
+        targets=(Target("added_p50_ms", max=1.0, vs="direct"),
+                 Target("rps32_ratio", min=20.0, vs="litellm")),
     ),
 ]
 

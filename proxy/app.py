@@ -106,7 +106,8 @@ def create_app(settings: Settings, services: Services | None = None) -> web.Appl
     if services is None:
         services = Services(
             settings=settings,
-            store=create_store(settings.redis_url, settings.redis_prefix),
+            store=create_store(settings.redis_url, settings.redis_prefix,
+                               failure_mode=settings.store_failure_mode),
             metrics=Metrics(access_log_enabled=settings.access_log),
         )
     logsafe.install()

@@ -26,6 +26,9 @@ models:
     - {{provider: openai, model: gpt-4o-mini, api_base: "{mock}/v1"}}
 pii: {{}}                      # pseudonymize what Presidio finds, restore in replies
 injection: {{action: block}}   # screen user messages and tool results
+limits: {{rpm: 8}}             # low on purpose, so the demo reaches it
+budget: {{usd: 5, period: day}}
+loops: {{repeats: 3, action: block}}
 """
 
 PII_MESSAGE = ("Email the invoice to jane.doe@example.com, call her on +1 415 555 0132, "
@@ -143,14 +146,30 @@ def run_demo(verbose: bool = False) -> int:
         except openai.BadRequestError as e:
             _show("refused", f"{e.status_code} {e.code}: {_message(e)}")
 
-        _section("4. a wrong key")
+        _section("4. limits and budget: OpenAI's rate-limit headers, then a 429")
+        raw = agent.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "ping"}])
+        names = ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
+                 "x-warden-budget-remaining")
+        _show("headers", ", ".join(f"{n}: {raw.headers.get(n)}" for n in names))
+        admitted = 0
+        try:
+            while admitted < 20:
+                agent.chat.completions.create(model="gpt-4o-mini",
+                                              messages=[{"role": "user", "content": "ping"}])
+                admitted += 1
+        except openai.RateLimitError as e:
+            _show("refused", f"{e.status_code} {e.code} after {admitted} more calls: "
+                  f"{_message(e)}")
+
+        _section("5. a wrong key")
         try:
             openai.OpenAI(base_url=f"{s.proxy_url}/v1", api_key="vk-stolen-guess",
                           max_retries=0).models.list()
         except openai.AuthenticationError as e:
             _show("refused", f"{e.status_code} {e.code}: {_message(e)}")
 
-        _section("5. metrics (excerpt of /metrics)")
+        _section("6. metrics (excerpt of /metrics)")
         with urllib.request.urlopen(f"{s.proxy_url}/metrics") as r:
             for line in r.read().decode().splitlines():
                 if line.startswith(("warden_requests_total", "warden_pii_redactions_total",

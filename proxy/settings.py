@@ -38,6 +38,12 @@ class Settings(BaseSettings):
         description="Redis unreachable: 'open' falls back to local per-replica counters "
         "(logged, metered), 'closed' refuses with 503.",
     )
+    reservation_ttl_s: float = Field(
+        660.0, gt=0,
+        description="Lease on a request's concurrency slot and budget reservation: a "
+        "replica that dies mid-request frees them after this long (a budget lease is then "
+        "charged in full). Must exceed the longest request.",
+    )
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="Serve /metrics on its own port as well."
     )

@@ -156,7 +156,10 @@ class ModelRoute(Frozen):
 
 # Policy sections. Imported here, below Frozen, because each policy module subclasses
 # Frozen; proxy/policies/__init__.py imports this module first, so either import order works.
+from proxy.policies.budget import BudgetConfig  # noqa: E402
 from proxy.policies.injection import InjectionConfig  # noqa: E402
+from proxy.policies.limits import LimitsConfig  # noqa: E402
+from proxy.policies.loops import LoopsConfig  # noqa: E402
 from proxy.policies.output import OutputConfig  # noqa: E402
 from proxy.policies.pii import PiiConfig  # noqa: E402
 from proxy.policies.scope import ScopeConfig  # noqa: E402
@@ -169,6 +172,9 @@ class TenantConfig(Frozen):
     keys: list[str] = Field(min_length=1, description="Virtual keys: plain or sha256:<hex>.")
     models: dict[str, ModelRoute] = Field(min_length=1)
     log_prompts: bool = Field(False, description="Opt in to prompt/completion text in logs.")
+    loops: LoopsConfig | None = None
+    limits: LimitsConfig | None = None
+    budget: BudgetConfig | None = None
     injection: InjectionConfig | None = None
     scope: ScopeConfig | None = None
     output: OutputConfig | None = None

@@ -79,7 +79,9 @@ def test_demo_runs_end_to_end() -> None:
     assert "agent got back    Echo: Email the invoice to jane.doe@example.com" in out.stdout
     assert "400 content_filter" in out.stdout and "prompt injection" in out.stdout
     assert "401 invalid_api_key" in out.stdout
+    assert "429 rate_limit_exceeded" in out.stdout and "x-ratelimit-limit-requests: 8" in out.stdout
     assert out.stderr == "", out.stderr
-    assert 'warden_requests_total{model="gpt-4o-mini",outcome="ok",tenant="demo"} 2.0' \
+    # 2 conversation turns + 1 header probe + 4 calls until the RPM of 8 ran out.
+    assert 'warden_requests_total{model="gpt-4o-mini",outcome="ok",tenant="demo"} 7.0' \
         in out.stdout
     assert 'warden_injection_detections_total{action="block"' in out.stdout

@@ -3,7 +3,8 @@
 ``ORDER`` is the chain order after ``auth`` (which runs first for every request and
 resolves the tenant). Request hooks run in this order, response hooks in reverse, so
 ``pii`` (last) is the first to see a reply and restores placeholders before ``output``
-validates it, and cheap refusals (limits, scope) come before expensive scans.
+validates it, and cheap refusals (limits, scope) come before expensive scans. ``loops``
+is first: refusing a runaway loop needs no store round trip and spends no rate limit.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     from proxy.services import Services
     from proxy.tenants import TenantConfig
 
-ORDER: tuple[str, ...] = ("limits", "budget", "scope", "injection", "output", "pii")
+ORDER: tuple[str, ...] = ("loops", "limits", "budget", "scope", "injection", "output", "pii")
 
 
 def build_chain(config: TenantConfig, services: Services) -> tuple[Policy, ...]:

@@ -1,0 +1,222 @@
+"""Counting a request's tokens before it is sent, offline.
+
+tiktoken with the encodings litellm ships in its package (``cl100k_base``,
+``o200k_base``), found without importing litellm; nothing is ever downloaded. An
+encoding loads lazily, once, in a worker thread (~0.5 s), so the first request does not
+block the event loop. Per-text counts are cached by content: AutoGen resends the whole
+history each turn, and only new messages should cost anything.
+
+The count is an estimate of what the provider will bill as prompt tokens: exact in
+spirit for OpenAI models (the cookbook's per-message overheads), the ``cl100k_base``
+count times ``FOREIGN_MARGIN`` for other vendors' models (their tokenizers differ; the
+margin keeps the reservation on the safe side), and UTF-8 bytes / 3 when no encoding
+can be loaded. Budgets settle to the provider's reported usage anyway; the estimate
+only has to bound the reservation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+from collections import OrderedDict
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from proxy.context import RequestContext, StateKey
+
+log = logging.getLogger("warden.tokens")
+
+FOREIGN_MARGIN = 1.25
+IMAGE_TOKENS = 1105  # a high-detail image at OpenAI's largest tile count
+DEFAULT_MAX_OUTPUT = 4096  # when neither the request nor the price map says
+_PER_MESSAGE, _PER_NAME, _PRIMING, _PER_TOOL_CALL = 3, 1, 3, 5
+_URL = "https://openaipublic.blob.core.windows.net/encodings/{}.tiktoken"
+_CACHE_SIZE = 8192
+
+
+class _Encoding(Protocol):
+    def encode_ordinary(self, text: str) -> list[int]: ...
+
+
+def tokenizer_dir() -> Path | None:
+    """litellm's bundled tiktoken files, located without importing litellm."""
+    spec = importlib.util.find_spec("litellm")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(spec.submodule_search_locations[0]) / "litellm_core_utils" / "tokenizers"
+
+
+def encoding_for(model: str) -> tuple[str, float]:
+    """(encoding name, margin) for a model name, with or without a provider prefix."""
+    import tiktoken.model
+
+    try:
+        return tiktoken.model.encoding_name_for_model(model.rsplit("/", 1)[-1]), 1.0
+    except KeyError:
+        return "cl100k_base", FOREIGN_MARGIN
+
+
+def _load(name: str) -> _Encoding | None:
+    folder = Path(os.environ.get("TIKTOKEN_CACHE_DIR") or tokenizer_dir() or "")
+    cached = folder / hashlib.sha1(_URL.format(name).encode()).hexdigest()
+    if not cached.is_file():  # tiktoken would try to download it: never
+        log.warning("tiktoken encoding %s not found in %s; estimating tokens from bytes",
+                    name, folder)
+        return None
+    # tiktoken reads its cache from this variable; litellm sets it the same way.
+    os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(folder))
+    import tiktoken
+
+    return tiktoken.get_encoding(name)
+
+
+class TokenCounter:
+    """One per process (``services.shared``): loaded encodings and a count cache."""
+
+    def __init__(self) -> None:
+        self._encodings: dict[str, _Encoding | None] = {}
+        self._loading: dict[str, asyncio.Future[_Encoding | None]] = {}
+        self._cache: OrderedDict[tuple[str, int, int], int] = OrderedDict()
+
+    async def prepare(self, name: str, executor: Executor | None = None) -> None:
+        """Load an encoding off the event loop, once; concurrent callers share it."""
+        if name in self._encodings:
+            return
+        future = self._loading.get(name)
+        if future is None:
+            loop = asyncio.get_running_loop()
+            future = self._loading[name] = asyncio.ensure_future(
+                loop.run_in_executor(executor, _load, name))
+        try:
+            self._encodings[name] = await asyncio.shield(future)
+        except Exception:  # a broken tiktoken must not break requests: estimate
+            log.exception("loading tiktoken encoding %s failed", name)
+            self._encodings[name] = None
+
+    def count(self, name: str, text: str) -> int:
+        if not text:
+            return 0
+        key = (name, hash(text), len(text))
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            return hit
+        encoding = self._encodings.get(name)
+        if encoding is None:
+            n = len(text.encode("utf-8", "replace")) // 3 + 1
+        else:
+            n = len(encoding.encode_ordinary(text))
+        self._cache[key] = n
+        if len(self._cache) > _CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return n
+
+    def chat_prompt(self, name: str, body: dict[str, Any]) -> int:
+        total = _PRIMING
+        for m in body.get("messages") or []:
+            if not isinstance(m, dict):
+                continue
+            total += _PER_MESSAGE + self.count(name, str(m.get("role", "")))
+            total += self._content(name, m.get("content"))
+            if isinstance(m.get("name"), str):
+                total += _PER_NAME + self.count(name, m["name"])
+            for call in m.get("tool_calls") or []:
+                fn = call.get("function") if isinstance(call, dict) else None
+                if isinstance(fn, dict):
+                    total += _PER_TOOL_CALL + self.count(name, str(fn.get("name", "")))
+                    total += self.count(name, str(fn.get("arguments", "")))
+            if isinstance(m.get("tool_call_id"), str):
+                total += self.count(name, m["tool_call_id"])
+        for extra in ("tools", "functions", "response_format"):
+            if body.get(extra):
+                total += self.count(name, json.dumps(body[extra], separators=(",", ":")))
+        return total
+
+    def _content(self, name: str, content: Any) -> int:
+        if isinstance(content, str):
+            return self.count(name, content)
+        total = 0
+        for part in content if isinstance(content, list) else []:
+            if not isinstance(part, dict):
+                continue
+            if isinstance(part.get("text"), str):
+                total += self.count(name, part["text"])
+            elif part.get("type") in ("image_url", "input_image", "image"):
+                total += IMAGE_TOKENS
+            else:
+                total += self.count(name, json.dumps(part, separators=(",", ":")))
+        return total
+
+    def embeddings_input(self, name: str, value: Any) -> int:
+        if isinstance(value, str):
+            return self.count(name, value)
+        if isinstance(value, list) and value and isinstance(value[0], int):
+            return len(value)  # already token ids
+        if isinstance(value, list):
+            return sum(self.embeddings_input(name, v) for v in value)
+        return 0
+
+
+def upstream_calls(ctx: RequestContext) -> int:
+    """How many provider calls this request may make: two when an output contract may
+    ask for one more (``on_failure: retry``; plain replies only, routes.py retries at
+    most once), else one. Both calls are billed, so both are in the worst case."""
+    output = getattr(ctx.tenant.config, "output", None) if ctx.tenant is not None else None
+    if output is None or ctx.stream or ctx.operation != "chat":
+        return 1
+    override = output.models.get(ctx.model)
+    on_failure = getattr(override, "on_failure", None) or output.on_failure
+    return 2 if on_failure == "retry" else 1
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """The worst case of one request: prompt tokens (estimated) and the most output it
+    may produce (max_tokens times n), times the provider calls it may make."""
+
+    prompt: int
+    max_output: int
+
+    @property
+    def total(self) -> int:
+        return self.prompt + self.max_output
+
+
+ESTIMATE: StateKey[Estimate] = StateKey("tokens.estimate")
+
+
+def requested_max_output(body: dict[str, Any]) -> int | None:
+    for key in ("max_completion_tokens", "max_tokens"):
+        value = body.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+async def estimate(ctx: RequestContext, counter: TokenCounter, default_max_output: int,
+                   executor: Executor | None = None) -> Estimate:
+    """The request's worst case, computed once and kept on the context."""
+    found = ctx.get(ESTIMATE)
+    if found is not None:
+        return found
+    model = ctx.deployments[0].model if ctx.deployments else ctx.model
+    name, margin = encoding_for(model)
+    await counter.prepare(name, executor)
+    if ctx.operation == "embeddings":
+        prompt = counter.embeddings_input(name, ctx.body.get("input"))
+        output = 0
+    else:
+        prompt = counter.chat_prompt(name, ctx.body)
+        n = ctx.body.get("n")
+        choices = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
+        output = (requested_max_output(ctx.body) or default_max_output) * choices
+    calls = upstream_calls(ctx)
+    result = Estimate(prompt=int(prompt * margin + 0.999) * calls, max_output=output * calls)
+    ctx.set(ESTIMATE, result)
+    return result
