@@ -439,8 +439,12 @@ def _run(workdir: Path, requests: int, concurrency: int, disconnect_rate: float,
         if redis_at is not None:
             from bench.redis_chaos import budget_spent, leftovers
 
-            time.sleep(1.0)  # settles run just after the reply (store.settle_soon)
-            held = leftovers(*redis_at)
+            # Settles run just after the reply (store.settle_soon), and settle() above
+            # tolerates one task still finishing: poll, bounded, until nothing is held.
+            deadline = time.monotonic() + 10
+            while any((held := leftovers(*redis_at)).values()) \
+                    and time.monotonic() < deadline:
+                time.sleep(0.25)
         return Report(tally, baseline, after, tcp, alive, time.monotonic() - started,
                       concurrency, attempt_reasons(run.url),
                       failovers["warden_upstream_failovers_total"], held,

@@ -24,6 +24,8 @@ GUARDED_SECTIONS: dict[str, Any] = {
     "pii": {"tier": "default", "actions": {"CREDIT_CARD": "mask", "US_SSN": "block"}},
     "injection": {"action": "block"},
     "scope": {"max_tokens": 4096, "max_messages": 500},
+    "limits": {"rpm": 1_000_000, "tpm": 1_000_000_000, "concurrency": 1000},
+    "budget": {"tokens": 1_000_000_000, "period": "day", "max_tokens": 256},
 }
 # Tenants whose provider is broken on purpose: a 502/503/504 is the right answer there.
 FAULTY_KEYS = ("vk-fuzz-faulty-0001", "vk-fuzz-down-00001")
@@ -365,7 +367,8 @@ def _fuzz_operation(op: Any, mode: Any, base_url: str, session: Any, verdict: Ve
               f"schemathesis {mode.value} {op.label}: {case.body!r:.200}")
         try:
             case.validate_response(response, checks=chosen)
-        except Exception as e:  # a FailureGroup: one entry per failed check
+        # A FailureGroup (one entry per failed check) is a BaseExceptionGroup.
+        except (Exception, BaseExceptionGroup) as e:
             for failure in getattr(e, "exceptions", [e]):
                 name = type(failure).__name__
                 conformance[name] = conformance.get(name, 0) + 1

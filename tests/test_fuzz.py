@@ -242,3 +242,19 @@ def test_schemathesis_ci_run(fuzz_stack: Stack, verdict: Verdict) -> None:
     assert verdict.cases - before >= 50, verdict.figure()
     assert verdict.ok, verdict.problems
     assert conformance == {}, verdict.problems
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_real_replies_conform_to_the_description(fuzz_stack: Stack, stream: bool) -> None:
+    """A plain reply and an SSE stream (validated event by event) match /openapi.json."""
+    import schemathesis
+    from schemathesis import checks as st_checks
+
+    schema = schemathesis.openapi.from_url(f"{fuzz_stack.proxy_url}/openapi.json")
+    op = schema["/v1/chat/completions"]["POST"]
+    case = op.Case(body={**fuzzing.valid_chat(), "stream": stream})
+    response = case.call(base_url=fuzz_stack.proxy_url, headers={"Authorization": f"Bearer {KEY}"})
+    assert response.status_code == 200
+    case.validate_response(response, checks=[
+        st_checks.not_a_server_error, st_checks.status_code_conformance,
+        st_checks.content_type_conformance, st_checks.response_schema_conformance])
