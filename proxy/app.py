@@ -21,6 +21,7 @@ from proxy.services import Services
 from proxy.settings import Settings
 from proxy.store import create_store
 from proxy.tenants import PolicyHolder, PolicySet, load_policy_set
+from proxy.tracing import tracing_ctx
 from proxy.upstream.collector import UpstreamCollector
 from proxy.upstream.failover import Upstream
 from proxy.upstream.http1 import Client
@@ -108,16 +109,20 @@ def create_app(settings: Settings, services: Services | None = None) -> web.Appl
             settings=settings,
             store=create_store(settings.redis_url, settings.redis_prefix,
                                failure_mode=settings.store_failure_mode),
-            metrics=Metrics(access_log_enabled=settings.access_log),
+            metrics=Metrics(access_log_enabled=settings.access_log,
+                            enabled=settings.metrics_enabled),
         )
     logsafe.install()
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[openai_errors])
     app[SETTINGS] = settings
     app[SERVICES] = services
+    # One price book per process: what metrics report is what budgets charge.
+    services.shared("prices", lambda: services.metrics.prices)
     app[POLICIES] = PolicyHolder(load_policy_set(settings.policies_dir, services))
     app.cleanup_ctx.append(_services_ctx)
     app.cleanup_ctx.append(_upstream_ctx)
     app.cleanup_ctx.append(reload_ctx)  # last in, first out: stops before services close
+    app.cleanup_ctx.append(tracing_ctx)  # WARDEN_OTLP_ENDPOINT: flushes before the rest stops
     add_routes(app)
     return app
 

@@ -57,9 +57,11 @@ async def serve(settings: Any, ready: asyncio.Event | None = None) -> None:
     from aiohttp import web
 
     from proxy.app import create_app, create_metrics_app
+    from proxy.appkeys import SERVICES
 
     started = time.perf_counter()
     app = create_app(settings)
+    app[SERVICES].metrics.log_to(sys.stdout)  # JSON lines, bypassing logging (accesslog.py)
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True,
                            shutdown_timeout=settings.shutdown_grace_s)
     await runner.setup()
@@ -67,8 +69,6 @@ async def serve(settings: Any, ready: asyncio.Event | None = None) -> None:
     await site.start()
     runners = [runner]
     if settings.metrics_port is not None:
-        from proxy.appkeys import SERVICES
-
         mrunner = web.AppRunner(create_metrics_app(app[SERVICES]), access_log=None)
         await mrunner.setup()
         await web.TCPSite(mrunner, settings.host, settings.metrics_port).start()
@@ -88,6 +88,7 @@ async def serve(settings: Any, ready: asyncio.Event | None = None) -> None:
     log.info("stopping: draining in-flight requests (grace %.1fs)", settings.shutdown_grace_s)
     for r in reversed(runners):
         await r.cleanup()  # stops listening, waits for handlers up to shutdown_timeout
+    app[SERVICES].metrics.flush()  # access-log lines still queued
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

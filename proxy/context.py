@@ -51,6 +51,8 @@ class Attempt:
     status: int | None
     reason: str
     duration_s: float
+    # perf_counter when the attempt object was made, just before the call (trace spans).
+    started: float = field(default_factory=time.perf_counter)
 
 
 @dataclass(slots=True)
@@ -91,6 +93,12 @@ class RequestContext:
     upstream_s: float = 0.0
     first_token_s: float | None = None
     chunks: int = 0
+    # Streams: seconds between consecutive upstream events (the time-per-chunk metric).
+    chunk_gaps: list[float] = field(default_factory=list)
+    # USD; whoever prices the request first (budget policy, else metrics) sets it.
+    cost_usd: float | None = None
+    # The provider's reply text, kept only when the tenant opts in to log_prompts.
+    completion_text: str | None = None
     client_disconnected: bool = False
     # Incoming headers Warden may log (agent / conversation identity), lower-cased.
     client_headers: dict[str, str] = field(default_factory=dict)
@@ -123,3 +131,7 @@ class RequestContext:
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
+
+    def overhead(self) -> float:
+        """Seconds spent in Warden so far, time waiting on the provider excluded."""
+        return max(0.0, self.elapsed() - self.upstream_s)

@@ -15,11 +15,14 @@ from typing import Any
 from aiohttp import web
 
 from proxy import jsonbody, sse
+from proxy.appkeys import SERVICES
 from proxy.context import RequestContext, Usage
 from proxy.errors import UpstreamFailed, WardenError
 from proxy.pipeline import Chain
+from proxy.tokens import TokenCounter
 from proxy.upstream.base import UpstreamError
 from proxy.upstream.failover import PrefetchedStream
+from proxy.usage import StreamTap, estimate_stream, prepare
 
 _USAGE_OBJECT = (b'"usage":{', b'"usage": {')
 _USAGE_NULL = (b',"usage":null', b'"usage":null,', b', "usage": null', b'"usage": null, ')
@@ -48,15 +51,18 @@ def force_stream_usage(ctx: RequestContext) -> None:
 class StreamRelay:
     """Turns upstream SSE events into the bytes to write, one event at a time."""
 
-    __slots__ = ("_chain", "_ctx", "done")
+    __slots__ = ("_chain", "_ctx", "done", "tap")
 
     def __init__(self, ctx: RequestContext, chain: Chain) -> None:
         self._ctx = ctx
         self._chain = chain
         self.done = False
+        # References to the raw events, parsed only if no usage chunk arrives (usage.py).
+        self.tap = StreamTap()
 
     def event(self, raw: bytes) -> bytes:
         """Bytes to send for one upstream event (b"" to send nothing yet)."""
+        self.tap.add(raw)
         data = sse.event_data(raw)
         if data is None:
             return raw  # comments / keep-alives pass through untouched
@@ -118,6 +124,9 @@ async def relay_stream(
     try:
         first = relay.event(stream.first)
         response.headers.update(ctx.response_headers)
+        # For a stream the header can only say what Warden spent before the head left
+        # (auth, policies, the first event); the whole-stream figure is in the access log.
+        response.headers["x-warden-overhead-ms"] = f"{ctx.overhead() * 1000:.3f}"
         await response.prepare(request)
     except UpstreamError as e:
         await stream.aclose()
@@ -127,15 +136,20 @@ async def relay_stream(
         await stream.aclose()
         raise
     ctx.status = 200
+    gaps = ctx.chunk_gaps
     try:
         if first:
             await response.write(first)
             ctx.first_token_s = ctx.elapsed()
         ctx.chunks += 1
-        waited = time.perf_counter()
+        waited = arrived = time.perf_counter()
         async for raw in _after_first(stream, relay):
-            ctx.upstream_s += time.perf_counter() - waited
+            now = time.perf_counter()
+            ctx.upstream_s += now - waited
             out = relay.event(raw)
+            if not relay.done:  # [DONE] is not an output chunk
+                gaps.append(now - arrived)
+                arrived = now
             if out:
                 await response.write(out)
                 if ctx.first_token_s is None:
@@ -146,6 +160,7 @@ async def relay_stream(
             waited = time.perf_counter()
         if not relay.done:
             raise UpstreamError("truncated", "provider stream ended without [DONE]")
+        await _account(request, ctx, relay.tap)
         await response.write(await relay.tail())
     except UpstreamError as e:
         ctx.error_type = e.reason
@@ -157,12 +172,27 @@ async def relay_stream(
     except (ConnectionResetError, ConnectionError):
         ctx.client_disconnected = True
     finally:
+        if ctx.tenant is not None and ctx.tenant.config.log_prompts \
+                and ctx.completion_text is None:
+            ctx.completion_text = relay.tap.text()  # what arrived before it ended
         await stream.aclose()
     if not ctx.client_disconnected:
         try:
             await response.write_eof()
         except (ConnectionResetError, ConnectionError):
             ctx.client_disconnected = True
+
+
+async def _account(request: web.Request, ctx: RequestContext, tap: StreamTap) -> None:
+    """A stream that ended with [DONE] but no usage chunk: estimate it from what came
+    (the whole reply), with the encoding loaded off the loop; before ``on_done``, so
+    budgets settle on it. A stream cut short (provider error, client gone) is not
+    estimated: what arrived understates what may have been billed, and the budget
+    charges the worst case instead (admission.billed)."""
+    if ctx.usage is None and ctx.deployment is not None and tap.events:
+        counter = request.app[SERVICES].shared("tokens", TokenCounter)
+        await prepare(ctx, counter)
+        estimate_stream(ctx, counter, tap)
 
 
 async def _after_first(stream: PrefetchedStream, relay: StreamRelay) -> Any:

@@ -31,14 +31,17 @@ from proxy.errors import (
 from proxy.pipeline import Chain, RetryUpstream
 from proxy.policies.auth import authenticate
 from proxy.relay import force_stream_usage, relay_stream, usage_of
+from proxy.services import Services
+from proxy.tokens import TokenCounter
 from proxy.upstream.base import UpstreamError, UpstreamReply
 from proxy.upstream.retry import client_budget
+from proxy.usage import completion_text, estimate_reply, prepare
 
 log = logging.getLogger("warden.routes")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # Client headers that identify the AutoGen agent / conversation (logged, never labels).
-_IDENTITY_HEADERS = ("x-warden-agent", "x-warden-conversation")
+_IDENTITY_HEADERS = ("x-warden-agent", "x-warden-conversation", "traceparent")
 
 
 class RequestIds:
@@ -141,8 +144,9 @@ async def _proxied(request: web.Request, ctx: RequestContext, chain: Chain) -> w
         force_stream_usage(ctx)
     result = await app[UPSTREAM].call(ctx, ctx.body)
     if isinstance(result, UpstreamReply):
+        services = app[SERVICES]
         try:
-            return await _reply(ctx, chain, result)
+            return await _reply(ctx, chain, result, services)
         except RetryUpstream:
             # A response hook rejected the reply (an output contract): one more call
             # with the same body; both calls' tokens count.
@@ -151,7 +155,7 @@ async def _proxied(request: web.Request, ctx: RequestContext, chain: Chain) -> w
         if not isinstance(again, UpstreamReply):
             raise UpstreamFailed("provider streamed a reply to a plain request")
         try:
-            return await _reply(ctx, chain, again, spent)
+            return await _reply(ctx, chain, again, services, spent)
         except RetryUpstream:  # a policy must refuse the second time; never loop
             raise UpstreamFailed("the provider's reply was rejected twice") from None
     response = web.StreamResponse(status=200, headers=_head(ctx, "text/event-stream"))
@@ -165,12 +169,14 @@ def _head(ctx: RequestContext, content_type: str) -> dict[str, str]:
     if ctx.flags:
         ctx.response_headers["x-warden-flags"] = ",".join(ctx.flags)
     headers.update(ctx.response_headers)
-    headers["x-warden-overhead-ms"] = f"{(ctx.elapsed() - ctx.upstream_s) * 1000:.3f}"
+    # Warden's time so far, provider excluded (streams overwrite it at prepare()).
+    headers["x-warden-overhead-ms"] = f"{ctx.overhead() * 1000:.3f}"
     return headers
 
 
 async def _reply(
-    ctx: RequestContext, chain: Chain, reply: UpstreamReply, spent: Usage | None = None
+    ctx: RequestContext, chain: Chain, reply: UpstreamReply, services: Services,
+    spent: Usage | None = None,
 ) -> web.Response:
     try:
         payload = reply.json()
@@ -187,10 +193,17 @@ async def _reply(
         return web.Response(body=reply.body, status=reply.status,
                             headers={**reply.headers, **_head(ctx, "application/json")})
     ctx.usage = usage_of(payload)
+    if ctx.usage is None:  # a provider that reports none: count it (marked estimated)
+        counter = services.shared("tokens", TokenCounter)
+        await prepare(ctx, counter)
+        estimate_reply(ctx, counter, payload)
+    if ctx.tenant is not None and ctx.tenant.config.log_prompts:
+        ctx.completion_text = completion_text(payload)  # as the provider said it
     if spent is not None:  # an earlier attempt of this request, rejected by a policy
-        ctx.usage = Usage(spent.prompt_tokens + (ctx.usage.prompt_tokens if ctx.usage else 0),
-                          spent.completion_tokens
-                          + (ctx.usage.completion_tokens if ctx.usage else 0))
+        now = ctx.usage or Usage()
+        ctx.usage = Usage(spent.prompt_tokens + now.prompt_tokens,
+                          spent.completion_tokens + now.completion_tokens,
+                          estimated=spent.estimated or now.estimated)
     model = payload.get("model")
     ctx.response_model = model if isinstance(model, str) else None
     body = reply.body

@@ -47,6 +47,14 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="Serve /metrics on its own port as well."
     )
+    metrics_enabled: bool = Field(
+        True, description="Record Prometheus metrics per request (off: nothing is "
+        "recorded, the access log is unaffected; for overhead comparisons)."
+    )
+    otlp_endpoint: str | None = Field(
+        None, description="OTLP/HTTP collector base URL (e.g. http://otel-collector:4318): "
+        "export one trace per request, JSON-encoded, to <url>/v1/traces."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = Field(True, description="One JSON line per request on stdout.")
     upstream_pool_size: int = Field(

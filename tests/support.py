@@ -83,7 +83,7 @@ class Stack:
         self._runners.append(mock)
         self.mock_url = f"http://127.0.0.1:{mock.addresses[0][1]}"
         pdir = write_policies(self._tmp / "policies", *self._policies(self.mock_url))
-        settings = Settings(policies_dir=pdir, access_log=False, **self._settings)
+        settings = Settings(**{"policies_dir": pdir, "access_log": False, **self._settings})
         self.app = create_app(settings)
         proxy = web.AppRunner(self.app, access_log=None, handler_cancellation=True)
         await proxy.setup()
