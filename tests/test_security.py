@@ -191,11 +191,12 @@ def test_keys_are_held_as_digests_and_compared_in_constant_time(
 def test_keys_and_prompts_never_reach_the_logs(tmp_path: Path,
                                                caplog: pytest.LogCaptureFixture) -> None:
     secret_prompt = "my card is 4111 1111 1111 1111, mail alice@example.com"
+    from proxy.accesslog import AccessLog
     from proxy.appkeys import SERVICES
 
     with Stack(lambda url: [tenant_policy(url)], tmp_path) as s, caplog.at_level(logging.DEBUG):
         assert s.app is not None
-        s.app[SERVICES].metrics.access_log_enabled = True  # Stack turns it off
+        s.app[SERVICES].metrics.access = AccessLog()  # Stack turns it off; on, to the logger
         ok = httpx.post(f"{s.proxy_url}/v1/chat/completions", headers=AUTH, timeout=30,
                         json={"model": "gpt-4o-mini",
                               "messages": [{"role": "user", "content": secret_prompt}]})
