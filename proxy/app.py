@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
+from proxy import logsafe
 from proxy.appkeys import POLICIES, SERVICES, SETTINGS, UPSTREAM
 from proxy.errors import BadRequest, PayloadTooLarge, WardenError
 from proxy.metrics import Metrics
@@ -63,7 +64,8 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
         err = BadRequest(f"malformed request: {e}")
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        err = _RouteError(500, "internal error in Warden; see its log", "internal_error")
+        # Base WardenError: status 500, type server_error (not an invalid_request_error).
+        err = WardenError("internal error in Warden; see its log", code="internal_error")
     return web.json_response(err.body(), status=err.status, headers=err.headers)
 
 
@@ -110,6 +112,7 @@ def create_app(settings: Settings, services: Services | None = None) -> web.Appl
             metrics=Metrics(access_log_enabled=settings.access_log,
                             enabled=settings.metrics_enabled),
         )
+    logsafe.install()
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[openai_errors])
     app[SETTINGS] = settings
     app[SERVICES] = services

@@ -28,11 +28,17 @@ def loads(raw: bytes) -> Any:
     except UnicodeDecodeError:
         raise BadRequest("request body is not valid UTF-8") from None
     try:
-        return _DECODER.decode(text)
+        value = _DECODER.decode(text)
     except RecursionError:
         raise BadRequest("request body is nested too deeply") from None
     except ValueError as e:
         raise BadRequest(f"request body is not valid JSON: {e}") from None
+    if b"\\ud" in raw or b"\\uD" in raw:
+        # A \uD800-\uDFFF escape may be a lone surrogate: legal JSON, but no policy
+        # (PII, injection scanners) can process it and no UTF-8 can carry it. Refuse it
+        # here, as bad input, rather than as a scanner failure (503) later.
+        dumps(value)
+    return value
 
 
 def loads_reply(raw: bytes) -> Any:

@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy import jsonbody, validate
+from proxy import jsonbody, runtime, validate
 from proxy.appkeys import POLICIES, SERVICES, SETTINGS, UPSTREAM
 from proxy.context import Operation, RequestContext, Usage
 from proxy.errors import (
@@ -275,6 +275,8 @@ async def readyz(request: web.Request) -> web.Response:
     degraded_ok = services.settings.store_failure_mode == "open"
     ready = bool(holder.current.tenants) and (store_ok or degraded_ok)
     detail["status"] = "ready" if ready else "not_ready"
+    if services.settings.debug_runtime:
+        detail["runtime"] = runtime.snapshot()
     return web.json_response(detail, status=200 if ready else 503)
 
 
@@ -283,8 +285,16 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=m.render(), headers={"Content-Type": m.content_type})
 
 
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[OPENAPI], content_type="application/json")
+
+
+OPENAPI = web.AppKey("openapi", bytes)
+
+
 def add_routes(app: web.Application) -> None:
     app[REQUEST_IDS] = RequestIds()
+    app[OPENAPI] = runtime.openapi_document()
     for prefix in ("/v1", ""):
         app.router.add_post(f"{prefix}/chat/completions", chat_completions)
         app.router.add_post(f"{prefix}/embeddings", embeddings)
@@ -293,3 +303,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)

@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     upstream_pool_size: int = Field(
         256, ge=1, description="Pooled connections per upstream host (aiohttp limit_per_host)."
     )
+    debug_runtime: bool = Field(
+        False, description="Add asyncio task and open-fd counts to /readyz (chaos/soak runs)."
+    )
     cpu_workers: int = Field(
         0, ge=0, description="Threads for CPU-bound policy work (0: one per core)."
     )

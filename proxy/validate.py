@@ -48,7 +48,7 @@ def chat(raw: Any) -> dict[str, Any]:
         if not isinstance(m, dict):
             raise _fail(f"'{where}' must be an object, got {_json_type(m)}", where)
         role = m.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:  # a dict/list role is unhashable
             raise _fail(f"'{where}.role' must be one of {', '.join(sorted(ROLES))}",
                         f"{where}.role")
         content = m.get("content")
