@@ -2,14 +2,16 @@
 
 The decoder and encoder are built once: ``json.loads(..., parse_constant=...)`` builds
 a new decoder on every call, which costs more than parsing a typical request body.
-The stdlib is kept (not orjson) because it round-trips integers of any size exactly;
-a proxy must not turn ``"seed": 99999999999999999999999`` into ``1e+23``.
+Parsing stays on the stdlib (not orjson) because it round-trips integers of any size
+exactly; a proxy must not turn ``"seed": 99999999999999999999999`` into ``1e+23``.
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any
+
+import orjson
 
 from proxy.errors import BadRequest
 
@@ -48,7 +50,16 @@ def loads_reply(raw: bytes) -> Any:
 
 def dumps(obj: Any) -> bytes:
     """Compact UTF-8 JSON; a lone surrogate (legal in JSON text, illegal in UTF-8)
-    becomes a 400, not a crash."""
+    becomes a 400, not a crash.
+
+    orjson writes the same compact UTF-8 form ~8x faster (an AutoGen history of 40
+    messages is re-serialised on every call); whatever it refuses (integers beyond 64
+    bits, lone surrogates, very deep nesting) goes through the stdlib encoder, which
+    writes big integers exactly and turns the rest into a 400."""
+    try:
+        return orjson.dumps(obj)
+    except (orjson.JSONEncodeError, TypeError):
+        pass
     try:
         return _ENCODER.encode(obj).encode()
     except UnicodeEncodeError:

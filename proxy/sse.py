@@ -7,8 +7,9 @@ policy touches is relayed byte for byte.
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+from proxy import jsonbody
 
 DONE = b"[DONE]"
 
@@ -57,8 +58,7 @@ def event_data(event: bytes) -> bytes | None:
 
 
 def encode(payload: dict[str, Any]) -> bytes:
-    data = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
-    return b"data: " + data + b"\n\n"
+    return b"data: " + jsonbody.dumps(payload) + b"\n\n"
 
 
 def encode_done() -> bytes:
