@@ -14,13 +14,13 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy import jsonbody, sse
+from proxy import sse
 from proxy.appkeys import SERVICES
 from proxy.context import RequestContext, Usage
 from proxy.errors import UpstreamFailed, WardenError
 from proxy.pipeline import Chain
 from proxy.tokens import TokenCounter
-from proxy.upstream.base import UpstreamError
+from proxy.upstream.base import UpstreamError, parse_chunk
 from proxy.upstream.failover import PrefetchedStream
 from proxy.usage import StreamTap, estimate_stream, prepare
 
@@ -78,15 +78,7 @@ class StreamRelay:
                         raw = raw.replace(marker, b"")
                         break
             return raw
-        try:
-            chunk = jsonbody.loads_reply(data)
-        except ValueError:
-            raise UpstreamError("bad_reply", "provider sent a stream event that is not JSON") \
-                from None
-        if not isinstance(chunk, dict):
-            raise UpstreamError("bad_reply", "provider sent a stream event that is not an object")
-        if "error" in chunk and "choices" not in chunk:
-            raise UpstreamError("provider_error", "provider reported an error mid-stream")
+        chunk = parse_chunk(data)
         if has_usage:
             ctx.usage = usage_of(chunk) or ctx.usage
             ctx.response_model = chunk.get("model") or ctx.response_model

@@ -82,3 +82,17 @@ class Transport(Protocol):
     ) -> UpstreamReply | UpstreamStream: ...
 
     async def close(self) -> None: ...
+
+
+def parse_chunk(data: bytes) -> dict[str, Any]:
+    """One stream event's data as a chunk; garbage or a provider error event raises."""
+    try:
+        chunk = jsonbody.loads_reply(data)
+    except ValueError:
+        raise UpstreamError("bad_reply", "provider sent a stream event that is not JSON") \
+            from None
+    if not isinstance(chunk, dict):
+        raise UpstreamError("bad_reply", "provider sent a stream event that is not an object")
+    if "error" in chunk and "choices" not in chunk:
+        raise UpstreamError("provider_error", "provider reported an error in its stream")
+    return chunk

@@ -26,7 +26,6 @@ the openai SDK retries 502/504 exactly as it retries a provider's 429/5xx.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import random
 import time
@@ -40,7 +39,13 @@ from proxy.context import Attempt, RequestContext
 from proxy.errors import UpstreamFailed, UpstreamTimeout, WardenError
 from proxy.settings import Settings
 from proxy.tenants import Deployment, FallbackKind, ModelRoute
-from proxy.upstream.base import Transport, UpstreamError, UpstreamReply, UpstreamStream
+from proxy.upstream.base import (
+    Transport,
+    UpstreamError,
+    UpstreamReply,
+    UpstreamStream,
+    parse_chunk,
+)
 from proxy.upstream.breaker import Breaker, BreakerConfig, BreakerRegistry, Permit
 from proxy.upstream.classify import Outcome, Verdict, classify_error, classify_reply
 from proxy.upstream.order import ordered
@@ -84,15 +89,7 @@ def _check_first(data: bytes) -> None:
     still fails over (nothing reached the client yet)."""
     if data == sse.DONE:
         raise UpstreamError("empty_stream", "provider ended the stream before any chunk")
-    try:
-        chunk = json.loads(data)
-    except ValueError:
-        raise UpstreamError("bad_reply", "provider sent a stream event that is not JSON") \
-            from None
-    if not isinstance(chunk, dict):
-        raise UpstreamError("bad_reply", "provider sent a stream event that is not an object")
-    if "error" in chunk and "choices" not in chunk:
-        raise UpstreamError("provider_error", "provider reported an error in its stream")
+    parse_chunk(data)
 
 
 async def prefetch(stream: UpstreamStream,
