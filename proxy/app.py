@@ -62,7 +62,7 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
         err = e
     except ValueError as e:  # e.g. a header aiohttp could not parse
         err = BadRequest(f"malformed request: {e}")
-    except Exception:
+    except Exception:  # the one deliberate catch-all: a bug becomes a logged 500, never a traceback
         log.exception("unhandled error on %s %s", request.method, request.path)
         # Base WardenError: status 500, type server_error (not an invalid_request_error).
         err = WardenError("internal error in Warden; see its log", code="internal_error")

@@ -30,6 +30,7 @@ import re
 import time
 from collections import deque
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -135,6 +136,12 @@ class Mock:
                                 or request.headers.get("x-api-key")
                                 or request.headers.get("api-key") or "")
 
+    async def receive(self, request: web.Request) -> tuple[dict[str, Any], Spec]:
+        """Every endpoint's first step: the body, logged, and the behaviour asked for."""
+        body = await request.json()
+        self.log(request, body)
+        return body, self.spec_for(request)
+
     def spec_for(self, request: web.Request) -> Spec:
         return Spec.parse(request.match_info.get("spec", ""), self.default)
 
@@ -177,9 +184,7 @@ class Mock:
         return f"Echo: {text}", []
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        self.log(request, body)
-        spec = self.spec_for(request)
+        body, spec = await self.receive(request)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -277,9 +282,7 @@ class Mock:
         return response
 
     async def embeddings(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        self.log(request, body)
-        spec = self.spec_for(request)
+        body, spec = await self.receive(request)
         early = await self.before(spec, request)
         if early is not None:
             return early
@@ -292,49 +295,6 @@ class Mock:
         n = sum(tokens(json.dumps(x)) for x in inputs)
         return web.json_response({"object": "list", "data": data, "model": body.get("model"),
                                   "usage": {"prompt_tokens": n, "total_tokens": n}})
-
-    async def messages(self, request: web.Request) -> web.StreamResponse:
-        """Anthropic's Messages API, enough for litellm's translation round trip."""
-        body = await request.json()
-        self.log(request, body)
-        spec = self.spec_for(request)
-        early = await self.before(spec, request)
-        if early is not None:
-            return early
-        text = last_text(body.get("messages") or [])
-        content = f"Echo: {text}"
-        usage = {"input_tokens": tokens(prompt_text(body.get("messages") or [])),
-                 "output_tokens": tokens(content)}
-        mid = "msg_" + hashlib.sha1(content.encode()).hexdigest()[:16]
-        if not body.get("stream"):
-            return web.json_response({
-                "id": mid, "type": "message", "role": "assistant", "model": body.get("model"),
-                "content": [{"type": "text", "text": content}], "stop_reason": "end_turn",
-                "stop_sequence": None, "usage": usage})
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-
-        async def send(event: str, data: dict[str, Any]) -> None:
-            await response.write(f"event: {event}\ndata: {json.dumps(data)}\n\n".encode())
-
-        await send("message_start", {"type": "message_start", "message": {
-            "id": mid, "type": "message", "role": "assistant", "model": body.get("model"),
-            "content": [], "stop_reason": None, "stop_sequence": None,
-            "usage": {"input_tokens": usage["input_tokens"], "output_tokens": 1}}})
-        await send("content_block_start", {"type": "content_block_start", "index": 0,
-                                           "content_block": {"type": "text", "text": ""}})
-        for piece in _pieces(content, spec.chunks):
-            if spec.chunk_delay_ms:
-                await asyncio.sleep(spec.chunk_delay_ms / 1000)
-            await send("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                               "delta": {"type": "text_delta", "text": piece}})
-        await send("content_block_stop", {"type": "content_block_stop", "index": 0})
-        await send("message_delta", {"type": "message_delta", "delta": {
-            "stop_reason": "end_turn", "stop_sequence": None},
-            "usage": {"output_tokens": usage["output_tokens"]}})
-        await send("message_stop", {"type": "message_stop"})
-        await response.write_eof()
-        return response
 
     async def get_requests(self, request: web.Request) -> web.Response:
         return web.json_response(list(self.requests))
@@ -385,13 +345,15 @@ def _pieces(text: str, chunks: int | None) -> list[str]:
 
 
 def create_mock_app(base: Spec | None = None) -> web.Application:
+    from proxy.mock_anthropic import anthropic_messages
+
     mock = Mock(base or Spec())
     app = web.Application(client_max_size=64 * 1024 * 1024)
     for prefix in ("", "/f/{spec}"):
         app.router.add_post(f"{prefix}/v1/chat/completions", mock.chat)
         app.router.add_post(f"{prefix}/chat/completions", mock.chat)
         app.router.add_post(f"{prefix}/v1/embeddings", mock.embeddings)
-        app.router.add_post(f"{prefix}/v1/messages", mock.messages)
+        app.router.add_post(f"{prefix}/v1/messages", partial(anthropic_messages, mock))
         # Azure's URL shape, so the azure provider's fast path can be exercised.
         app.router.add_post(f"{prefix}/openai/deployments/{{dep}}/chat/completions", mock.chat)
     app.router.add_get("/_mock/requests", mock.get_requests)
