@@ -135,21 +135,23 @@ async def relay_stream(
             ctx.first_token_s = ctx.elapsed()
         ctx.chunks += 1
         waited = arrived = time.perf_counter()
-        async for raw in _after_first(stream, relay):
-            now = time.perf_counter()
-            ctx.upstream_s += now - waited
-            out = relay.event(raw)
-            if not relay.done:  # [DONE] is not an output chunk
-                gaps.append(now - arrived)
-                arrived = now
-            if out:
-                await response.write(out)
-                if ctx.first_token_s is None:
-                    ctx.first_token_s = ctx.elapsed()
-            ctx.chunks += 1
-            if relay.done:
-                break
-            waited = time.perf_counter()
+        if not relay.done:  # else the first event was already [DONE]
+            await stream.__anext__()  # the prefetched first event, handled above
+            async for raw in stream:
+                now = time.perf_counter()
+                ctx.upstream_s += now - waited
+                out = relay.event(raw)
+                if not relay.done:  # [DONE] is not an output chunk
+                    gaps.append(now - arrived)
+                    arrived = now
+                if out:
+                    await response.write(out)
+                    if ctx.first_token_s is None:
+                        ctx.first_token_s = ctx.elapsed()
+                ctx.chunks += 1
+                if relay.done:
+                    break
+                waited = time.perf_counter()
         if not relay.done:
             raise UpstreamError("truncated", "provider stream ended without [DONE]")
         await _account(request, ctx, relay.tap)
@@ -185,15 +187,6 @@ async def _account(request: web.Request, ctx: RequestContext, tap: StreamTap) ->
         counter = request.app[SERVICES].shared("tokens", TokenCounter)
         await prepare(ctx, counter)
         estimate_stream(ctx, counter, tap)
-
-
-async def _after_first(stream: PrefetchedStream, relay: StreamRelay) -> Any:
-    if relay.done:  # the first event was already [DONE]
-        return
-    iterator = stream.__aiter__()
-    await iterator.__anext__()  # the prefetched first event, already handled
-    async for raw in iterator:
-        yield raw
 
 
 async def _write_quietly(response: web.StreamResponse, data: bytes) -> None:

@@ -17,6 +17,7 @@ only has to bound the reservation.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import importlib.util
 import json
@@ -52,8 +53,11 @@ def tokenizer_dir() -> Path | None:
     return Path(spec.submodule_search_locations[0]) / "litellm_core_utils" / "tokenizers"
 
 
+@functools.lru_cache(maxsize=256)
 def encoding_for(model: str) -> tuple[str, float]:
-    """(encoding name, margin) for a model name, with or without a provider prefix."""
+    """(encoding name, margin) for a model name, with or without a provider prefix.
+    Cached: tiktoken's lookup walks its prefix table, and a deployment's model name is
+    the same on every request."""
     import tiktoken.model
 
     try:
@@ -82,7 +86,10 @@ class TokenCounter:
     def __init__(self) -> None:
         self._encodings: dict[str, _Encoding | None] = {}
         self._loading: dict[str, asyncio.Future[_Encoding | None]] = {}
-        self._cache: OrderedDict[tuple[str, int, int], int] = OrderedDict()
+        # Per encoding: hash(text) -> count. The key is Python's 64-bit string hash, not
+        # the text (no prompt is kept in memory here); a collision only skews an estimate.
+        self._caches: dict[str, OrderedDict[int, int]] = {}
+        self._roles: dict[str, dict[str, int]] = {}  # per encoding: role -> tokens
 
     async def prepare(self, name: str, executor: Executor | None = None) -> None:
         """Load an encoding off the event loop, once; concurrent callers share it."""
@@ -102,40 +109,55 @@ class TokenCounter:
     def count(self, name: str, text: str) -> int:
         if not text:
             return 0
-        key = (name, hash(text), len(text))
-        hit = self._cache.get(key)
+        cache = self._caches.get(name)
+        if cache is None:
+            cache = self._caches[name] = OrderedDict()
+        key = hash(text)
+        hit = cache.get(key)
         if hit is not None:
-            self._cache.move_to_end(key)
+            cache.move_to_end(key)
             return hit
         encoding = self._encodings.get(name)
         if encoding is None:
             n = len(text.encode("utf-8", "replace")) // 3 + 1
         else:
             n = len(encoding.encode_ordinary(text))
-        self._cache[key] = n
-        if len(self._cache) > _CACHE_SIZE:
-            self._cache.popitem(last=False)
+        cache[key] = n
+        if len(cache) > _CACHE_SIZE:
+            cache.popitem(last=False)
         return n
 
     def chat_prompt(self, name: str, body: dict[str, Any]) -> int:
         total = _PRIMING
+        count = self.count
+        roles = self._roles.setdefault(name, {})
         for m in body.get("messages") or []:
-            if not isinstance(m, dict):
+            if type(m) is not dict:
                 continue
-            total += _PER_MESSAGE + self.count(name, str(m.get("role", "")))
-            total += self._content(name, m.get("content"))
+            content = m.get("content")
+            role = str(m.get("role", ""))
+            n_role = roles.get(role)
+            if n_role is None:
+                n_role = count(name, role)
+                if len(roles) < 32:  # validated roles are a handful; never unbounded
+                    roles[role] = n_role
+            total += _PER_MESSAGE + n_role
+            total += count(name, content) if type(content) is str \
+                else self._content(name, content)
+            if len(m) <= 2 and "role" in m and "content" in m:
+                continue  # the common message: nothing else to count
             if isinstance(m.get("name"), str):
-                total += _PER_NAME + self.count(name, m["name"])
+                total += _PER_NAME + count(name, m["name"])
             for call in m.get("tool_calls") or []:
                 fn = call.get("function") if isinstance(call, dict) else None
                 if isinstance(fn, dict):
-                    total += _PER_TOOL_CALL + self.count(name, str(fn.get("name", "")))
-                    total += self.count(name, str(fn.get("arguments", "")))
+                    total += _PER_TOOL_CALL + count(name, str(fn.get("name", "")))
+                    total += count(name, str(fn.get("arguments", "")))
             if isinstance(m.get("tool_call_id"), str):
-                total += self.count(name, m["tool_call_id"])
+                total += count(name, m["tool_call_id"])
         for extra in ("tools", "functions", "response_format"):
             if body.get(extra):
-                total += self.count(name, json.dumps(body[extra], separators=(",", ":")))
+                total += count(name, json.dumps(body[extra], separators=(",", ":")))
         return total
 
     def _content(self, name: str, content: Any) -> int:

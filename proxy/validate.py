@@ -44,34 +44,20 @@ def chat(raw: Any) -> dict[str, Any]:
     if not isinstance(messages, list) or not messages:
         raise _fail("'messages' must be a non-empty array", "messages")
     for i, m in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise _fail(f"'{where}' must be an object, got {_json_type(m)}", where)
+        # Shapes are checked cheaply first; the error text is only built for a failure
+        # (this loop runs over every message of a resent history on every call).
+        if type(m) is not dict:
+            raise _fail(f"'messages[{i}]' must be an object, got {_json_type(m)}",
+                        f"messages[{i}]")
         role = m.get("role")
-        if not isinstance(role, str) or role not in ROLES:  # a dict/list role is unhashable
-            raise _fail(f"'{where}.role' must be one of {', '.join(sorted(ROLES))}",
-                        f"{where}.role")
+        if type(role) is not str or role not in ROLES:  # a dict/list role is unhashable
+            raise _fail(f"'messages[{i}].role' must be one of {', '.join(sorted(ROLES))}",
+                        f"messages[{i}].role")
         content = m.get("content")
-        if content is not None and not isinstance(content, str | list):
-            raise _fail(f"'{where}.content' must be a string or an array of parts",
-                        f"{where}.content")
-        if isinstance(content, list):
-            for j, part in enumerate(content):
-                if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-                    raise _fail(f"'{where}.content[{j}]' must be an object with a 'type'",
-                                f"{where}.content[{j}]")
-                if part["type"] == "text" and not isinstance(part.get("text"), str):
-                    raise _fail(f"'{where}.content[{j}].text' must be a string",
-                                f"{where}.content[{j}].text")
-        calls = m.get("tool_calls")
-        if calls is not None:
-            if not isinstance(calls, list):
-                raise _fail(f"'{where}.tool_calls' must be an array", f"{where}.tool_calls")
-            for j, call in enumerate(calls):
-                fn = call.get("function") if isinstance(call, dict) else None
-                if not isinstance(fn, dict) or not isinstance(fn.get("arguments", ""), str):
-                    raise _fail(f"'{where}.tool_calls[{j}].function.arguments' must be a "
-                                "string", f"{where}.tool_calls[{j}]")
+        if type(content) is not str and content is not None:
+            _check_parts(i, content)
+        if "tool_calls" in m:
+            _check_calls(i, m["tool_calls"])
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise _fail("'stream' must be a boolean", "stream")
@@ -85,6 +71,33 @@ def chat(raw: Any) -> dict[str, Any]:
         if body.get(name) is not None and not isinstance(body[name], list):
             raise _fail(f"'{name}' must be an array", name)
     return body
+
+
+def _check_parts(i: int, content: Any) -> None:
+    where = f"messages[{i}]"
+    if not isinstance(content, list):  # str subclasses cannot come out of a JSON parser
+        raise _fail(f"'{where}.content' must be a string or an array of parts",
+                    f"{where}.content")
+    for j, part in enumerate(content):
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise _fail(f"'{where}.content[{j}]' must be an object with a 'type'",
+                        f"{where}.content[{j}]")
+        if part["type"] == "text" and not isinstance(part.get("text"), str):
+            raise _fail(f"'{where}.content[{j}].text' must be a string",
+                        f"{where}.content[{j}].text")
+
+
+def _check_calls(i: int, calls: Any) -> None:
+    where = f"messages[{i}]"
+    if calls is None:
+        return
+    if not isinstance(calls, list):
+        raise _fail(f"'{where}.tool_calls' must be an array", f"{where}.tool_calls")
+    for j, call in enumerate(calls):
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("arguments", ""), str):
+            raise _fail(f"'{where}.tool_calls[{j}].function.arguments' must be a "
+                        "string", f"{where}.tool_calls[{j}]")
 
 
 def embeddings(raw: Any) -> dict[str, Any]:

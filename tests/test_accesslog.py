@@ -188,3 +188,12 @@ def test_warden_serve_prints_json_lines_on_stdout(lstack: Stack, tmp_path: Path)
         proc.wait(15)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_lines_that_orjson_refuses_are_still_written() -> None:
+    from proxy.accesslog import _encode
+
+    assert json.loads(_encode({"a": 1, "b": "é"})) == {"a": 1, "b": "é"}
+    # A logged prompt may hold what orjson refuses; the line must still be written.
+    assert json.loads(_encode({"prompt": "x\udfff", "seed": 2**70})) == {
+        "prompt": "x\udfff", "seed": 2**70}

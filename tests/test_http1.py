@@ -228,3 +228,38 @@ async def test_first_byte_idle_and_total_timeouts() -> None:
     assert info.value.timeout
     client.close()
     await runner.cleanup()
+
+
+async def test_finish_keeps_a_completed_stream_and_closes_an_unfinished_one() -> None:
+    """A relay stops reading at [DONE]: the connection must still be reused when the
+    message is complete, and must not be when the provider is still sending."""
+    peers: list[object] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        peers.append(request.transport.get_extra_info("peername"))  # type: ignore[union-attr]
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b'data: {"n":1}\n\ndata: [DONE]\n\n')
+        if request.path == "/slow":
+            await asyncio.sleep(0.5)  # the end of the message is late
+        await resp.write_eof()
+        return resp
+
+    runner, url = await serve(handler)
+    client = Client(4)
+    for _ in range(4):
+        ex = await client.post(f"{url}/fast", {}, b"", **T)
+        while b"[DONE]" not in (await ex.next_chunk(5.0) or b"[DONE]"):
+            pass
+        await asyncio.sleep(0.01)  # the chunked terminator arrives
+        ex.finish()
+    assert len(set(peers)) == 1  # one connection for four streams
+
+    ex = await client.post(f"{url}/slow", {}, b"", **T)
+    assert b"[DONE]" in (await ex.next_chunk(5.0) or b"")
+    ex.finish()  # mid-message: closed, not pooled
+    ex = await client.post(f"{url}/fast", {}, b"", **T)
+    await ex.read()
+    assert len(set(peers)) == 2  # the pooled connection was not the unfinished one
+    client.close()
+    await runner.cleanup()

@@ -12,6 +12,7 @@ on every turn; with the cache, a conversation costs one judgement per new messag
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -89,6 +90,13 @@ _DECODED_SIGNALS = frozenset({"base64", "hex", "url_encoded", "tag_chars", "html
 _EVASION_SIGNALS = frozenset({"homoglyph", "invisible_chars", "leetspeak", "tag_chars"})
 
 
+@functools.lru_cache(maxsize=64)
+def _key_base(version: str, role: str) -> hashlib.blake2b:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{version}\0{role}\0".encode())
+    return h
+
+
 class VerdictCache:
     """A bounded LRU of verdicts keyed by (detector version, role, content hash).
 
@@ -103,10 +111,10 @@ class VerdictCache:
 
     @staticmethod
     def key(version: str, role: str, text: str) -> bytes:
-        h = hashlib.blake2b(digest_size=16)
-        h.update(f"{version}\0{role}\0".encode())
+        h = _key_base(version, role).copy()  # cheaper than a new hash per message
         h.update(text.encode("utf-8", "surrogatepass"))
-        return h.digest()
+        digest: bytes = h.digest()
+        return digest
 
     def get(self, key: bytes) -> Verdict | None:
         verdict = self._items.get(key)

@@ -33,14 +33,22 @@ class ScanCache:
         self.max_entries = max_entries
         self._salt = os.urandom(16)
         self._entries: OrderedDict[bytes, Spans] = OrderedDict()
+        # Keyed hash state after salt and scope, per scope: copying it is cheaper than
+        # keying a new hash for every message of every request.
+        self._bases: dict[str, hashlib.blake2b] = {}
         self.hits = 0
         self.misses = 0
 
     def key(self, scope: str, text: str) -> bytes:
         """``scope`` is the scanner's fingerprint: another entity list is another result."""
-        h = hashlib.blake2b(key=self._salt, digest_size=16)
-        h.update(scope.encode())
-        h.update(b"\0")
+        base = self._bases.get(scope)
+        if base is None:
+            base = hashlib.blake2b(key=self._salt, digest_size=16)
+            base.update(scope.encode())
+            base.update(b"\0")
+            if len(self._bases) < 1024:  # one per tenant scanner config; bounded anyway
+                self._bases[scope] = base
+        h = base.copy()
         h.update(text.encode("utf-8", "surrogatepass"))
         return h.digest()
 

@@ -69,12 +69,19 @@ class PrefetchedStream:
         self._inner = inner
         self._rest = rest
         self._on_failure = on_failure
+        self._first_pending = True
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        yield self.first
+    # One pass, as a class iterator: ``first`` then the rest. A consumer that stops
+    # early (at [DONE]) leaves no async generator for the event loop to finalise.
+    def __aiter__(self) -> PrefetchedStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._first_pending:
+            self._first_pending = False
+            return self.first
         try:
-            async for event in self._rest:
-                yield event
+            return await self._rest.__anext__()
         except UpstreamError as e:
             if self._on_failure is not None:
                 self._on_failure(e)

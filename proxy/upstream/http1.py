@@ -14,6 +14,7 @@ responses (no ``Accept-Encoding`` is sent, so servers answer in identity encodin
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import ssl
 from collections import deque
@@ -38,11 +39,17 @@ class Origin:
 
     @property
     def host_header(self) -> bytes:
-        default = 443 if self.scheme == "https" else 80
-        host = self.host if self.port == default else f"{self.host}:{self.port}"
-        return host.encode("idna" if not host.isascii() else "ascii")
+        return _host_header(self.scheme, self.host, self.port)
 
 
+@functools.lru_cache(maxsize=1024)
+def _host_header(scheme: str, host: str, port: int) -> bytes:
+    default = 443 if scheme == "https" else 80
+    value = host if port == default else f"{host}:{port}"
+    return value.encode("idna" if not value.isascii() else "ascii")
+
+
+@functools.lru_cache(maxsize=1024)  # URLs come from policy files: a bounded set
 def split_url(url: str) -> tuple[Origin, bytes]:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -294,6 +301,16 @@ class Exchange:
         if not self._released:
             self._released = True
             self._pool.release(self._conn)
+
+    def finish(self) -> None:
+        """Done with the reply, read to its end or not. A connection whose response
+        message is complete is kept (anything unread after the consumer's end, e.g.
+        after an SSE [DONE], is dropped); one still mid-message is closed."""
+        conn = self._conn
+        if conn.complete and conn.error is None:
+            self.release()
+        else:
+            self.abort()
 
     def abort(self) -> None:
         """Give up on the reply (client left, timeout): the connection cannot be reused."""

@@ -7,7 +7,7 @@ pooled HTTP/1.1 client in ``http1.py``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections import deque
 from typing import Any
 
 from proxy import jsonbody
@@ -59,25 +59,38 @@ class OpenAIStream:
         self._exchange = exchange
         self._idle_s = idle_s
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        splitter = EventSplitter()
-        exchange = self._exchange
-        try:
-            while True:
+        self._splitter = EventSplitter()
+        self._events: deque[bytes] = deque()
+        self._ended = False
+
+    # A class iterator, not an async generator: a consumer that stops at [DONE] leaves
+    # nothing for the event loop to finalise, and the connection goes back to the pool.
+    def __aiter__(self) -> OpenAIStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while not self._events:
+            if self._ended:
+                raise StopAsyncIteration
+            exchange = self._exchange
+            try:
                 data = await exchange.next_chunk(self._idle_s)
-                if data is None:
-                    break
-                for event in splitter.feed(data):
-                    yield event
-        except BaseException:
-            exchange.abort()
-            raise
-        exchange.release()
-        if splitter.pending.strip():
-            raise UpstreamError("truncated", "provider stream ended mid-event")
+            except BaseException:
+                exchange.abort()
+                raise
+            if data is None:
+                self._ended = True
+                exchange.release()
+                if self._splitter.pending.strip():
+                    raise UpstreamError("truncated", "provider stream ended mid-event")
+                raise StopAsyncIteration
+            self._events.extend(self._splitter.feed(data))
+        return self._events.popleft()
 
     async def aclose(self) -> None:
-        self._exchange.abort()  # no-op when the stream was read to its end
+        # After [DONE] the rest of the message (the chunked terminator) has usually
+        # arrived already: then the connection is reused, else it is closed.
+        self._exchange.finish()
 
 
 class OpenAITransport:
