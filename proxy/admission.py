@@ -18,6 +18,7 @@ A future counting policy joins by subclassing ``AdmissionPolicy``; nothing else 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
@@ -97,9 +98,17 @@ class Admission:
             checks += await member.checks(ctx)
         if not checks:
             return
+        # Shielded: a client that hangs up while the store decides must not leave a
+        # reservation behind that nobody settles (it would hold a concurrency slot and
+        # a budget lease until the lease ran out). The call finishes on its own; if it
+        # reserved, the reservation is settled at once, for nothing (nothing was sent).
+        reserving = asyncio.ensure_future(by.store.reserve(
+            ctx.tenant_name, ctx.request_id, checks, now=by.clock(), ttl_s=by.ttl_s))
         try:
-            res = await by.store.reserve(ctx.tenant_name, ctx.request_id, checks,
-                                         now=by.clock(), ttl_s=by.ttl_s)
+            res = await asyncio.shield(reserving)
+        except asyncio.CancelledError:
+            reserving.add_done_callback(lambda done: self._abandoned(done, ctx, by))
+            raise
         except ServiceUnavailable:
             ctx.decide(by.name, "refuse", "store_unavailable")
             raise
@@ -115,6 +124,14 @@ class Admission:
             ctx.decide(owner.name, "refuse", kind, why=verdict.reason)
             by.metrics.refusals.labels(ctx.tenant_name, owner.name, kind, verdict.reason).inc()
             raise owner.refusal(ctx, verdict)
+
+    def _abandoned(self, done: asyncio.Future[Reservation], ctx: RequestContext,
+                   by: AdmissionPolicy) -> None:
+        """The reserve of a request whose client left finished: give it all back."""
+        if done.cancelled() or done.exception() is not None:
+            return  # nothing was reserved (or the store failed: nothing to give back)
+        self.reservation = done.result()
+        self.settle(ctx, by)  # no upstream call was made: members bill nothing
 
     def settle(self, ctx: RequestContext, by: AdmissionPolicy) -> None:
         res = self.reservation

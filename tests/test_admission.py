@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -148,3 +149,40 @@ def test_billed_is_what_the_provider_can_have_charged() -> None:
     left = RequestContext(request_id="l", operation="chat", upstream_s=0.2,
                           client_disconnected=True)
     assert billed(left, worst()) == (100, 400)  # the client left mid-call
+
+
+class SlowStore(CountingStore):
+    """A store whose reserve takes a while, like a Redis round trip under load."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = asyncio.Event()
+        self.go_on = asyncio.Event()
+
+    async def reserve(self, tenant: str, request_id: str, checks: Sequence[Check], *,
+                      now: float, ttl_s: float, dry_run: bool = False) -> Reservation:
+        self.entered.set()
+        await self.go_on.wait()
+        return await super().reserve(tenant, request_id, checks, now=now, ttl_s=ttl_s,
+                                     dry_run=dry_run)
+
+
+async def test_a_client_leaving_during_the_reserve_leaves_nothing_reserved() -> None:
+    store = SlowStore()
+    services = Services(settings=Settings(), store=store, metrics=Metrics())
+    t = tenant(services, limits={"concurrency": 1}, budget={"tokens": 1000, "max_tokens": 100})
+    request = asyncio.ensure_future(run(t, "gone"))
+    await store.entered.wait()
+    request.cancel()  # the client hung up while the store was deciding
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    store.go_on.set()  # the store's answer arrives after the request is gone
+    for _ in range(20):
+        await asyncio.sleep(0)
+    await store.drain()
+    # It reserved, and was settled at once for nothing: no tokens billed...
+    assert store.settles == [{"tokens": 0}]
+    # ...and the one concurrency slot is free again, long before any lease runs out.
+    ctx = await run(t, "next")
+    assert ctx.usage is not None and store.settles[-1] == {"tokens": 15}
+    services.close()
