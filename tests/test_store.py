@@ -231,3 +231,16 @@ async def test_concurrent_reservations_never_exceed_the_limit(store: Store) -> N
     ))
     assert sum(r.verdict.granted for r in results) == 7
 
+
+
+async def test_zero_amounts_reserve_and_settle_cleanly(store: Store) -> None:
+    """An unpriced model under a USD budget reserves 0 nano-dollars and settles 0; a
+    zero must stay an integer Redis accepts (Lua formats -0 as "-0", which HINCRBY
+    refuses), or every such request would mark the store unreachable."""
+    res = await store.reserve("acme", "free", [usd(0), tpm(0)], now=T0, ttl_s=TTL)
+    assert res.verdict.granted and not res.verdict.local
+    await store.settle(res, {"usd": 0, "tpm": 0}, now=T0 + 1)
+    after = await store.reserve("acme", "next", [usd(0, limit=100), tpm(0)], now=T0 + 2,
+                                ttl_s=TTL)
+    assert after.verdict.granted and not after.verdict.local
+    assert after.verdict.states["usd"].used == 0

@@ -23,7 +23,14 @@ local base = KEYS[1]
 local TOTAL = '~'
 local BATCH = 500
 
-local function int(x) return string.format('%.0f', x) end
+-- Integer text for HINCRBY. '%.0f' writes a negative zero as '-0', which Redis refuses
+-- as "not an integer": settling a zero-amount reservation (an unpriced model under a
+-- USD budget) would fail.
+local function int(x)
+  local s = string.format('%.0f', x)
+  if s == '-0' then return '0' end
+  return s
+end
 
 local function total(h) return tonumber(redis.call('HGET', h, TOTAL) or '0') end
 
