@@ -98,17 +98,8 @@ class Admission:
             checks += await member.checks(ctx)
         if not checks:
             return
-        # Shielded: a client that hangs up while the store decides must not leave a
-        # reservation behind that nobody settles (it would hold a concurrency slot and
-        # a budget lease until the lease ran out). The call finishes on its own; if it
-        # reserved, the reservation is settled at once, for nothing (nothing was sent).
-        reserving = asyncio.ensure_future(by.store.reserve(
-            ctx.tenant_name, ctx.request_id, checks, now=by.clock(), ttl_s=by.ttl_s))
         try:
-            res = await asyncio.shield(reserving)
-        except asyncio.CancelledError:
-            reserving.add_done_callback(lambda done: self._abandoned(done, ctx, by))
-            raise
+            res = await self._reserve(ctx, by, checks)
         except ServiceUnavailable:
             ctx.decide(by.name, "refuse", "store_unavailable")
             raise
@@ -124,6 +115,23 @@ class Admission:
             ctx.decide(owner.name, "refuse", kind, why=verdict.reason)
             by.metrics.refusals.labels(ctx.tenant_name, owner.name, kind, verdict.reason).inc()
             raise owner.refusal(ctx, verdict)
+
+    async def _reserve(self, ctx: RequestContext, by: AdmissionPolicy,
+                       checks: list[Check]) -> Reservation:
+        reserve = by.store.reserve(ctx.tenant_name, ctx.request_id, checks, now=by.clock(),
+                                   ttl_s=by.ttl_s)
+        if not by.store.remote:
+            return await reserve  # decided in-process, without yielding: not cancellable
+        # Shielded: a client that hangs up while Redis decides must not leave a
+        # reservation behind that nobody settles (it would hold a concurrency slot and
+        # a budget lease until the lease ran out). The call finishes on its own; if it
+        # reserved, the reservation is settled at once, for nothing (nothing was sent).
+        reserving = asyncio.ensure_future(reserve)
+        try:
+            return await asyncio.shield(reserving)
+        except asyncio.CancelledError:
+            reserving.add_done_callback(lambda done: self._abandoned(done, ctx, by))
+            raise
 
     def _abandoned(self, done: asyncio.Future[Reservation], ctx: RequestContext,
                    by: AdmissionPolicy) -> None:

@@ -154,6 +154,8 @@ def test_billed_is_what_the_provider_can_have_charged() -> None:
 class SlowStore(CountingStore):
     """A store whose reserve takes a while, like a Redis round trip under load."""
 
+    remote = True
+
     def __init__(self) -> None:
         super().__init__()
         self.entered = asyncio.Event()

@@ -127,6 +127,10 @@ class Store:
     ``errors.ServiceUnavailable`` when a fail-closed store cannot decide."""
 
     kind = "abstract"
+    # Whether reserve() waits on I/O, so a cancelled caller may not learn a reservation
+    # it made (admission.py then finishes the call and gives it back). An in-process
+    # store decides without yielding to the event loop.
+    remote = False
 
     def __init__(self) -> None:
         self._listeners: list[StoreListener] = []

@@ -61,6 +61,7 @@ _RS, _US = "\x1e", "\x1f"  # record and unit separators of the script's spec str
 
 class RedisStore(Store):
     kind = "redis"
+    remote = True
 
     def __init__(
         self, url: str, prefix: str = "warden", *,
