@@ -131,6 +131,7 @@ class TokenCounter:
         total = _PRIMING
         count = self.count
         roles = self._roles.setdefault(name, {})
+        counts = self._caches.setdefault(name, OrderedDict())
         for m in body.get("messages") or []:
             if type(m) is not dict:
                 continue
@@ -142,8 +143,13 @@ class TokenCounter:
                 if len(roles) < 32:  # validated roles are a handful; never unbounded
                     roles[role] = n_role
             total += _PER_MESSAGE + n_role
-            total += count(name, content) if type(content) is str \
-                else self._content(name, content)
+            if type(content) is str:
+                # The hit path of count(), inline: one hash, one lookup per message
+                # (a hit here does not refresh its recency; eviction is then FIFO).
+                hit = counts.get(hash(content)) if content else 0
+                total += hit if hit is not None else count(name, content)
+            else:
+                total += self._content(name, content)
             if len(m) <= 2 and "role" in m and "content" in m:
                 continue  # the common message: nothing else to count
             if isinstance(m.get("name"), str):

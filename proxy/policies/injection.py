@@ -109,6 +109,11 @@ class InjectionPolicy(Policy):
         # One token per policy build: stable across requests (provider prompt caches
         # stay warm), new on every reload.
         self.canary = new_token() if config.canary else None
+        # Per request these are looked up once per message: resolve them once here
+        # (labels() takes a lock and builds a key on every call).
+        self._from_cache = metrics.judgements.labels("cache")
+        self._from_detector = metrics.judgements.labels("detector")
+        self._thresholds = {role: self.threshold(role) for role in ("user", "tool")}
 
     def threshold(self, role: str) -> float:
         if self.config.threshold is not None:
@@ -121,8 +126,9 @@ class InjectionPolicy(Policy):
         keys = [self.cache.key(self.detector.version, r, t) for r, t in items]
         found = [self.cache.get(k) for k in keys]
         todo = {k: item for k, item, v in zip(keys, items, found, strict=True) if v is None}
-        self.metrics.judgements.labels("cache").inc(len(keys) - len(todo))
-        self.metrics.judgements.labels("detector").inc(len(todo))
+        self._from_cache.inc(len(keys) - len(todo))
+        if todo:
+            self._from_detector.inc(len(todo))
         if todo:
             batch = list(todo.items())
             size = sum(len(t) for _, (_, t) in batch)
@@ -148,12 +154,15 @@ class InjectionPolicy(Policy):
         messages = ctx.body.get("messages")
         if ctx.operation != "chat" or not isinstance(messages, list):
             return
+        roles = self.config.roles
         screened = [(i, m["role"], _text(m)) for i, m in enumerate(messages)
-                    if isinstance(m, dict) and m.get("role") in self.config.roles]
-        screened = [(i, role, text) for i, role, text in screened if text.strip()]
+                    if type(m) is dict and m.get("role") in roles]
+        screened = [(i, role, text) for i, role, text in screened
+                    if text and not text.isspace()]
         verdicts = await self.judge([(_scoring_role(r), t) for _, r, t in screened])
+        thresholds = self._thresholds
         hits = [(i, role, v) for (i, role, _), v in zip(screened, verdicts, strict=True)
-                if v.score >= self.threshold(_scoring_role(role))]
+                if v.score >= thresholds[_scoring_role(role)]]
         if hits:
             self._act(ctx, messages, hits)
         if self.canary is not None and plant(messages, self.canary):
