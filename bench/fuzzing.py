@@ -73,7 +73,9 @@ def is_openai_error(body: bytes) -> bool:
 def judge(verdict: Verdict, status: int, body: bytes, label: str,
           fault_allowed: bool = False, protocol_level: bool = False) -> None:
     """Record one exchange. ``protocol_level``: the request was not valid HTTP/1.1, so
-    aiohttp's parser answered before Warden's app ran (see SECURITY.md, known gaps)."""
+    aiohttp's parser answered before Warden's app ran; its error must still be
+    OpenAI-shaped (proxy/server.py). Kept as a parameter so a report can tell the two
+    kinds of case apart."""
     verdict.cases += 1
     verdict.statuses[status] += 1
     text = body.decode("utf-8", "replace")
@@ -83,7 +85,7 @@ def judge(verdict: Verdict, status: int, body: bytes, label: str,
     if status >= 500 and not (fault_allowed and status in (502, 503, 504)):
         verdict.server_errors += 1
         verdict.note(f"{status}: {label}: {text[:300]}")
-    if 400 <= status < 500 and not protocol_level and not is_openai_error(body):
+    if 400 <= status < 500 and not is_openai_error(body):
         verdict.bad_shapes += 1
         verdict.note(f"non-OpenAI {status}: {label}: {text[:300]}")
 
@@ -259,7 +261,7 @@ def http_request(method: str, path: str, headers: list[tuple[bytes, bytes]],
 
 # Requests a well-behaved client library will not produce. Each is (label, bytes,
 # protocol_level): protocol_level requests break HTTP/1.1 itself, so aiohttp's parser
-# answers (400, plain text) before any Warden code runs.
+# answers before any route runs (in OpenAI's shape: proxy/server.py).
 def header_abuse_requests() -> list[tuple[str, bytes, bool]]:
     body = json.dumps(valid_chat()).encode()
     auth = (b"Authorization", b"Bearer " + KEY.encode())

@@ -59,16 +59,17 @@ async def serve(settings: Any, ready: asyncio.Event | None = None) -> None:
 
     from proxy.app import create_app, create_metrics_app
     from proxy.appkeys import SERVICES
+    from proxy.server import Runner
 
     started = time.perf_counter()
     app = create_app(settings)
     app[SERVICES].metrics.log_to(sys.stdout)  # JSON lines, bypassing logging (accesslog.py)
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True,
+    runner = Runner(app, access_log=None, handler_cancellation=True,
                            shutdown_timeout=settings.shutdown_grace_s)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
     await site.start()
-    runners = [runner]
+    runners: list[web.AppRunner] = [runner]
     if settings.metrics_port is not None:
         mrunner = web.AppRunner(create_metrics_app(app[SERVICES]), access_log=None)
         await mrunner.setup()

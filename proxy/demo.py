@@ -53,6 +53,7 @@ class _Servers:
     async def _start(self) -> None:
         from proxy.app import create_app
         from proxy.mock_upstream import create_mock_app
+        from proxy.server import Runner
         from proxy.settings import Settings
 
         mock = web.AppRunner(create_mock_app(), access_log=None)
@@ -65,7 +66,7 @@ class _Servers:
         # A fixed pseudonym key: the demo's placeholders are the same on every run.
         app = create_app(Settings(policies_dir=self.policies_dir, access_log=False,
                                   pii_secret="warden-demo-pseudonym-key"))
-        proxy = web.AppRunner(app, access_log=None)
+        proxy = Runner(app, access_log=None)
         await proxy.setup()
         await web.TCPSite(proxy, "127.0.0.1", 0).start()
         self.runners.append(proxy)

@@ -26,6 +26,7 @@ from aiohttp import web
 
 from proxy.app import create_app
 from proxy.mock_upstream import create_mock_app
+from proxy.server import Runner
 from proxy.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,7 +86,7 @@ class Stack:
         pdir = write_policies(self._tmp / "policies", *self._policies(self.mock_url))
         settings = Settings(**{"policies_dir": pdir, "access_log": False, **self._settings})
         self.app = create_app(settings)
-        proxy = web.AppRunner(self.app, access_log=None, handler_cancellation=True)
+        proxy = Runner(self.app, access_log=None, handler_cancellation=True)
         await proxy.setup()
         await web.TCPSite(proxy, "127.0.0.1", 0).start()
         self._runners.append(proxy)
