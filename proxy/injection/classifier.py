@@ -116,11 +116,17 @@ def windows(text: str, size: int = WINDOW_CHARS, stride: int = WINDOW_STRIDE) ->
 _LINE = re.compile(r"[^\n]+")
 
 
-def units(text: str, role: str) -> list[str]:
+def units(text: str, role: str, whole_prompt: bool = False) -> list[str]:
     """What gets scored. A prompt is read in windows; a tool result also line by line,
     because an injected instruction usually sits on a line of its own inside data
-    (a table row, an e-mail paragraph) and a window would mix it with that data."""
+    (a table row, an e-mail paragraph) and a window would mix it with that data.
+
+    With ``whole_prompt``, a long prompt is also scored as one unit: a role-play
+    jailbreak spreads its set-up over a page, and no single window need look like one.
+    Tool results never are, so a long clean document stays judged window by window."""
     out = list(windows(text))
+    if whole_prompt and role != "tool" and len(out) > 1:
+        out.append(text)
     if role == "tool" and len(out) + text.count("\n") > 1:
         for m in _LINE.finditer(text):
             line = m.group(0).strip()
@@ -141,6 +147,8 @@ class LinearModel:
     # role -> default threshold, chosen on validation at FPR <= 2 % (train script).
     thresholds: dict[str, float]
     char_ngrams: tuple[int, ...] = CHAR_NGRAMS
+    # Score a long prompt as a whole too (see ``units``); trained to match.
+    whole_prompt: bool = False
 
     @property
     def dim(self) -> int:
@@ -164,6 +172,7 @@ class LinearModel:
             "thresholds": np.array([self.thresholds.get(r, 0.5) for r in roles]),
             "version": np.array(self.version),
             "char_ngrams": np.array(self.char_ngrams),
+            "whole_prompt": np.array(self.whole_prompt),
         }
         arrays.update({k: np.array(v) for k, v in meta.items()})
         np.savez_compressed(path, **arrays)
@@ -176,8 +185,12 @@ class LinearModel:
                                                                 strict=True)}
             thr = {r: float(t) for r, t in zip(roles, data["thresholds"], strict=True)}
             ngrams = tuple(int(n) for n in data["char_ngrams"])
+            whole = bool(data["whole_prompt"]) if "whole_prompt" in data.files else False
             return cls(data["weights"].astype(np.float32), float(data["bias"]), cal,
-                       str(data["version"]), thr, ngrams)
+                       str(data["version"]), thr, ngrams, whole)
+
+    def units(self, text: str, role: str) -> list[str]:
+        return units(text, role, self.whole_prompt)
 
 
 class HashedLinearClassifier:
@@ -191,7 +204,8 @@ class HashedLinearClassifier:
         self.thresholds = dict(self.model.thresholds)
 
     def score(self, text: str, role: str) -> float:
-        best = max((self.model.margin(u, role) for u in units(text, role)), default=-1e9)
+        best = max((self.model.margin(u, role) for u in self.model.units(text, role)),
+                   default=-1e9)
         return self.model.calibrate(best, role)
 
 
