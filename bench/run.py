@@ -38,7 +38,7 @@ if str(ROOT) not in sys.path:  # `python bench/run.py` as well as `python -m ben
 
 import yaml  # noqa: E402
 
-from bench import profile, report, scenarios  # noqa: E402
+from bench import machine, profile, report, scenarios  # noqa: E402
 from bench.procs import Server, Servers, free_port  # noqa: E402
 from bench.report import KINDS, PLAIN_C32, STREAM_C1, Measured  # noqa: E402
 
@@ -265,7 +265,8 @@ def clear_mock(mock: Server) -> None:
     conn.close()
 
 
-def conditions(args: argparse.Namespace, load_before: float, started: float) -> str:
+def conditions(args: argparse.Namespace, load_before: float, started: float,
+               rtt_us: float) -> str:
     cpu = "unknown CPU"
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -291,7 +292,8 @@ def conditions(args: argparse.Namespace, load_before: float, started: float) -> 
         commit += "+dirty" if dirty else ""
     return (
         f"{cpu}, {os.cpu_count()} cores shared by client, proxy and mock; load average "
-        f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after. Python "
+        f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after; a loopback round trip "
+        f"between two processes takes {rtt_us:.0f} µs (bench/machine.py). Python "
         f"{platform.python_version()}, {', '.join(versions)}. Warden {commit}; LiteLLM Proxy "
         f"{litellm} (1 worker, own venv). {args.rounds} interleaved round(s) of "
         f"{args.duration:g} s per load shape after {args.warmup:g} s warm-up; C=1 and "
@@ -401,6 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
     load_before = os.getloadavg()[0]
+    rtt_us = machine.loopback_rtt_us()  # before any server runs
     try:
         chosen = scenarios.by_name([n for n in args.scenarios.split(",") if n])
     except KeyError as e:
@@ -447,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     targets = {s.name: s.targets for s in chosen}
     checks = report.checks([c.measured for c in columns], targets)
-    text = render(columns, checks, conditions(args, load_before, started), args.note,
+    text = render(columns, checks, conditions(args, load_before, started, rtt_us), args.note,
                   stopped_early, profiles)
     print(text)
     if args.append is not None:
