@@ -17,6 +17,7 @@ from proxy.errors import BadRequest, PayloadTooLarge, WardenError
 from proxy.metrics import Metrics
 from proxy.reload import reload_ctx
 from proxy.routes import add_routes
+from proxy.server import SERVER
 from proxy.services import Services
 from proxy.settings import Settings
 from proxy.store import create_store
@@ -67,6 +68,12 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
         # Base WardenError: status 500, type server_error (not an invalid_request_error).
         err = WardenError("internal error in Warden; see its log", code="internal_error")
     return web.json_response(err.body(), status=err.status, headers=err.headers)
+
+
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    # aiohttp would name itself and its version: nothing an agent needs, something a
+    # scanner can match against advisories.
+    response.headers["Server"] = SERVER
 
 
 async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -123,6 +130,7 @@ def create_app(settings: Settings, services: Services | None = None) -> web.Appl
     app.cleanup_ctx.append(_upstream_ctx)
     app.cleanup_ctx.append(reload_ctx)  # last in, first out: stops before services close
     app.cleanup_ctx.append(tracing_ctx)  # WARDEN_OTLP_ENDPOINT: flushes before the rest stops
+    app.on_response_prepare.append(_server_header)
     add_routes(app)
     return app
 
@@ -133,5 +141,6 @@ def create_metrics_app(services: Services) -> web.Application:
 
     app = web.Application()
     app[SERVICES] = services
+    app.on_response_prepare.append(_server_header)
     app.router.add_get("/metrics", metrics)
     return app

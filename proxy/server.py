@@ -20,6 +20,9 @@ from aiohttp import http_exceptions, web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
+# The Server header of every response (aiohttp's default names itself and its version).
+SERVER = "warden"
+
 # Most specific first: several are subclasses of BadHttpMessage.
 _FAULTS: tuple[tuple[type[Exception], str, str], ...] = (
     (http_exceptions.LineTooLong, "a request line or header is too long",
@@ -58,7 +61,8 @@ class _Connection(RequestHandler):
         # aiohttp's version logs the fault and refuses when a response already started;
         # its plain-text page is replaced.
         super().handle_error(request, status, exc, message)
-        response = web.json_response(describe(status, exc), status=status)
+        response = web.json_response(describe(status, exc), status=status,
+                                     headers={"Server": SERVER})
         response.force_close()
         return response
 

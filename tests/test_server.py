@@ -60,3 +60,14 @@ def test_describe_names_the_fault_kind_and_hides_5xx_detail() -> None:
     assert describe(500, RuntimeError("secret detail"))["error"] == {
         "message": "internal error in Warden's HTTP server; see its log",
         "type": "server_error", "param": None, "code": "internal_error"}
+
+
+def test_responses_name_warden_not_the_framework_and_its_version(stack: Stack) -> None:
+    u = urlsplit(stack.proxy_url)
+    host, port = u.hostname or "127.0.0.1", u.port or 80
+    ok = _request(b"Content-Length: %d" % len(BODY), b"Content-Type: application/json",
+                  b"Connection: close")
+    for raw in (ok, _request(b"X-Bad: a\nb")):  # a reply, and a parser refusal
+        _, head, _ = raw_exchange(host, port, raw)
+        assert b"\r\nserver: warden\r\n" in head.lower() + b"\r\n", head
+        assert b"aiohttp" not in head.lower() and b"python" not in head.lower()
