@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
 import os
 import signal
@@ -76,7 +75,6 @@ async def serve(settings: Any, ready: asyncio.Event | None = None) -> None:
         await web.TCPSite(mrunner, settings.host, settings.metrics_port).start()
         runners.append(mrunner)
     port = runner.addresses[0][1] if runner.addresses else settings.port
-    tune_gc(settings.gc_threshold)
     log.info("warden listening on http://%s:%s (ready in %.2fs)", settings.host, port,
              time.perf_counter() - started)
     # Machine-readable line for scripts that start Warden on port 0.
@@ -92,20 +90,6 @@ async def serve(settings: Any, ready: asyncio.Event | None = None) -> None:
     for r in reversed(runners):
         await r.cleanup()  # stops listening, waits for handlers up to shutdown_timeout
     app[SERVICES].metrics.flush()  # access-log lines still queued
-
-
-def tune_gc(threshold: int) -> None:
-    """Once started: move what was built so far (modules, policies, models) out of the
-    collector's sight, and collect the young generation every ``threshold`` allocations
-    instead of every 700. A request allocates hundreds of containers that plain
-    reference counting frees; at the default the collector runs every request or two
-    and traverses the request in flight each time."""
-    if threshold <= 0:
-        return
-    gc.collect()
-    gc.freeze()
-    _, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(threshold, gen1, gen2)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

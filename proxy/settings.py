@@ -63,10 +63,6 @@ class Settings(BaseSettings):
     debug_runtime: bool = Field(
         False, description="Add asyncio task and open-fd counts to /readyz (chaos/soak runs)."
     )
-    gc_threshold: int = Field(
-        20_000, ge=0, description="Allocations between young-generation garbage "
-        "collections once serving (0: leave Python's default, 700)."
-    )
     cpu_workers: int = Field(
         0, ge=0, description="Threads for CPU-bound policy work (0: one per core)."
     )
