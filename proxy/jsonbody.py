@@ -57,6 +57,9 @@ def _may_hold_big_int(node: Any) -> bool:
     return False
 
 
+_SLOW = object()  # _fast's answer when the stdlib must read the body
+
+
 def _fast(raw: bytes) -> Any:
     """orjson's reading of ``raw``, or ``_SLOW`` when the stdlib must decide."""
     try:
@@ -64,9 +67,6 @@ def _fast(raw: bytes) -> Any:
         return _SLOW if _may_hold_big_int(value) else value
     except (orjson.JSONDecodeError, RecursionError):
         return _SLOW
-
-
-_SLOW = object()
 
 
 def loads(raw: bytes) -> Any:

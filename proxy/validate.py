@@ -14,6 +14,17 @@ from proxy.errors import BadRequest
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 
+def content_text(content: Any) -> str:
+    """The text of a message's ``content``: the string itself, or the ``text`` of its
+    parts joined by newlines; "" for anything else (images only, None)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(p["text"] for p in content
+                         if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""
+
+
 def _fail(message: str, param: str) -> BadRequest:
     return BadRequest(message, param=param)
 

@@ -37,6 +37,7 @@ from proxy.injection.detector import Detector, Verdict, VerdictCache
 from proxy.injection.spotlight import spotlight
 from proxy.pipeline import Chunk, Policy
 from proxy.services import Services
+from proxy.validate import content_text
 
 log = logging.getLogger("warden.injection")
 
@@ -82,16 +83,6 @@ _CANARY = StateKey[bool]("injection.canary_planted")
 _SCANNERS = StateKey[_Scanners]("injection.canary_scanners")
 
 
-def _text(message: dict[str, Any]) -> str:
-    content = message.get("content")
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(p["text"] for p in content
-                         if isinstance(p, dict) and isinstance(p.get("text"), str))
-    return ""
-
-
 def _scoring_role(role: str) -> str:
     return "tool" if role in ("tool", "function") else "user"
 
@@ -113,12 +104,10 @@ class InjectionPolicy(Policy):
         # (labels() takes a lock and builds a key on every call).
         self._from_cache = metrics.judgements.labels("cache")
         self._from_detector = metrics.judgements.labels("detector")
-        self._thresholds = {role: self.threshold(role) for role in ("user", "tool")}
-
-    def threshold(self, role: str) -> float:
-        if self.config.threshold is not None:
-            return self.config.threshold
-        return self.detector.threshold(role)
+        # The tenant's threshold, else the detector's per-role default.
+        self._thresholds = {
+            role: config.threshold if config.threshold is not None
+            else detector.threshold(role) for role in ("user", "tool")}
 
     async def judge(self, items: list[tuple[str, str]]) -> list[Verdict]:
         """Verdicts for (scoring role, text) pairs: cached ones at once, the rest in one
@@ -155,7 +144,7 @@ class InjectionPolicy(Policy):
         if ctx.operation != "chat" or not isinstance(messages, list):
             return
         roles = self.config.roles
-        screened = [(i, m["role"], _text(m)) for i, m in enumerate(messages)
+        screened = [(i, m["role"], content_text(m.get("content"))) for i, m in enumerate(messages)
                     if type(m) is dict and m.get("role") in roles]
         screened = [(i, role, text) for i, role, text in screened
                     if text and not text.isspace()]

@@ -34,6 +34,7 @@ from proxy.config import Frozen
 from proxy.context import RequestContext
 from proxy.errors import ContentFiltered
 from proxy.pipeline import Policy
+from proxy.validate import content_text
 
 if TYPE_CHECKING:
     from proxy.services import Services
@@ -56,15 +57,6 @@ class Repetition:
     count: int
 
 
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(p["text"] for p in content
-                        if isinstance(p, dict) and isinstance(p.get("text"), str))
-    return ""
-
-
 def _norm(text: str) -> str:
     return " ".join(text.split())
 
@@ -83,7 +75,7 @@ def _moves(messages: list[Any]) -> Iterator[tuple[Kind, str]]:
             continue
         role = m.get("role")
         if role == "assistant":
-            text = _norm(_text(m.get("content")))
+            text = _norm(content_text(m.get("content")))
             if text:
                 yield "assistant_reply", text
             for call in m.get("tool_calls") or []:
@@ -92,7 +84,7 @@ def _moves(messages: list[Any]) -> Iterator[tuple[Kind, str]]:
                     yield "tool_call", f"{fn.get('name')}({_args(fn.get('arguments'))})"
         elif role in ("tool", "function"):
             # Successes are moves too: an error followed by a success is a loop left.
-            text = _norm(_text(m.get("content")))
+            text = _norm(content_text(m.get("content")))
             yield "tool_error", (text if _ERROR.search(text) else "")
 
 
