@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from proxy.router import Routes
 from proxy.services import Services
 from proxy.settings import Settings
 from proxy.tenants import PolicyHolder
@@ -13,3 +14,4 @@ SETTINGS = web.AppKey("settings", Settings)
 SERVICES = web.AppKey("services", Services)
 POLICIES = web.AppKey("policies", PolicyHolder)
 UPSTREAM = web.AppKey("upstream", Upstream)
+ROUTES = web.AppKey("routes", Routes)  # what proxy/server.py serves on this app's port

@@ -63,14 +63,13 @@ async def serve(settings: Any, ready: asyncio.Event | None = None) -> None:
     started = time.perf_counter()
     app = create_app(settings)
     app[SERVICES].metrics.log_to(sys.stdout)  # JSON lines, bypassing logging (accesslog.py)
-    runner = Runner(app, access_log=None, handler_cancellation=True,
-                           shutdown_timeout=settings.shutdown_grace_s)
+    runner = Runner(app, shutdown_timeout=settings.shutdown_grace_s)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
     await site.start()
     runners: list[web.AppRunner] = [runner]
     if settings.metrics_port is not None:
-        mrunner = web.AppRunner(create_metrics_app(app[SERVICES]), access_log=None)
+        mrunner = Runner(create_metrics_app(app[SERVICES]))
         await mrunner.setup()
         await web.TCPSite(mrunner, settings.host, settings.metrics_port).start()
         runners.append(mrunner)

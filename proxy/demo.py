@@ -66,7 +66,7 @@ class _Servers:
         # A fixed pseudonym key: the demo's placeholders are the same on every run.
         app = create_app(Settings(policies_dir=self.policies_dir, access_log=False,
                                   pii_secret="warden-demo-pseudonym-key"))
-        proxy = Runner(app, access_log=None)
+        proxy = Runner(app)
         await proxy.setup()
         await web.TCPSite(proxy, "127.0.0.1", 0).start()
         self.runners.append(proxy)

@@ -12,13 +12,13 @@ import contextlib
 import time
 from typing import Any
 
-from aiohttp import web
-
 from proxy import sse
 from proxy.appkeys import SERVICES
 from proxy.context import RequestContext, Usage
 from proxy.errors import UpstreamFailed, WardenError
 from proxy.pipeline import Chain
+from proxy.request import Request
+from proxy.response import StreamResponse
 from proxy.tokens import TokenCounter
 from proxy.upstream.base import UpstreamError, parse_chunk
 from proxy.upstream.failover import PrefetchedStream
@@ -100,8 +100,8 @@ def error_event(error: WardenError) -> bytes:
 
 
 async def relay_stream(
-    request: web.Request,
-    response: web.StreamResponse,
+    request: Request,
+    response: StreamResponse,
     ctx: RequestContext,
     chain: Chain,
     stream: PrefetchedStream,
@@ -177,7 +177,7 @@ async def relay_stream(
             ctx.client_disconnected = True
 
 
-async def _account(request: web.Request, ctx: RequestContext, tap: StreamTap) -> None:
+async def _account(request: Request, ctx: RequestContext, tap: StreamTap) -> None:
     """A stream that ended with [DONE] but no usage chunk: estimate it from what came
     (the whole reply), with the encoding loaded off the loop; before ``on_done``, so
     budgets settle on it. A stream cut short (provider error, client gone) is not
@@ -189,6 +189,6 @@ async def _account(request: web.Request, ctx: RequestContext, tap: StreamTap) ->
         estimate_stream(ctx, counter, tap)
 
 
-async def _write_quietly(response: web.StreamResponse, data: bytes) -> None:
+async def _write_quietly(response: StreamResponse, data: bytes) -> None:
     with contextlib.suppress(ConnectionError):  # the client may be gone already
         await response.write(data)

@@ -18,12 +18,11 @@ from typing import Any
 from aiohttp import web
 
 from proxy import jsonbody, runtime, validate
-from proxy.appkeys import POLICIES, SERVICES, SETTINGS, UPSTREAM
+from proxy.appkeys import POLICIES, ROUTES, SERVICES, SETTINGS, UPSTREAM
 from proxy.context import Operation, RequestContext, Usage
 from proxy.errors import (
     BadRequest,
     ModelNotFound,
-    PayloadTooLarge,
     UnsupportedMediaType,
     UpstreamFailed,
     WardenError,
@@ -31,6 +30,9 @@ from proxy.errors import (
 from proxy.pipeline import Chain, RetryUpstream
 from proxy.policies.auth import authenticate
 from proxy.relay import force_stream_usage, relay_stream, usage_of
+from proxy.request import Request
+from proxy.response import Response, StreamResponse, json_response
+from proxy.router import Routes
 from proxy.services import Services
 from proxy.tokens import TokenCounter
 from proxy.upstream.base import UpstreamError, UpstreamReply
@@ -59,38 +61,35 @@ class RequestIds:
 REQUEST_IDS = web.AppKey("request_ids", RequestIds)
 
 
-def request_id(request: web.Request) -> str:
+def request_id(request: Request) -> str:
     incoming = request.headers.get("x-request-id")
     if incoming and _REQUEST_ID.match(incoming):
         return incoming
     return request.app[REQUEST_IDS].next()
 
 
-def error_response(error: WardenError, ctx: RequestContext | None = None) -> web.Response:
+def error_response(error: WardenError, ctx: RequestContext | None = None) -> Response:
     headers = dict(error.headers)
     if ctx is not None:
         headers.update(ctx.response_headers)
         headers["x-request-id"] = ctx.request_id
         ctx.status = error.status
         ctx.error_type = ctx.error_type or error.reason
-    return web.json_response(error.body(), status=error.status, headers=headers)
+    return json_response(error.body(), status=error.status, headers=headers)
 
 
-async def read_json(request: web.Request) -> Any:
+def read_json(request: Request) -> Any:
+    """The body as JSON (the server has read it whole, within the size limit)."""
+    raw = request.body
     ctype = request.content_type
-    if ctype not in ("application/json", "application/octet-stream") and request.body_exists:
+    if ctype not in ("application/json", "application/octet-stream") and raw:
         raise UnsupportedMediaType(f"Content-Type must be application/json, got {ctype!r}")
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        limit = request.app[SETTINGS].max_body_bytes
-        raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes") from None
     if not raw:
         raise BadRequest("request body is empty; expected a JSON object")
     return jsonbody.loads(raw)
 
 
-async def proxied(request: web.Request, operation: Operation) -> web.StreamResponse:
+async def proxied(request: Request, operation: Operation) -> Response | StreamResponse:
     app = request.app
     ctx = RequestContext(request_id=request_id(request), operation=operation)
     for name in _IDENTITY_HEADERS:
@@ -121,11 +120,12 @@ async def proxied(request: web.Request, operation: Operation) -> web.StreamRespo
             app[SERVICES].metrics.record(ctx)
 
 
-async def _proxied(request: web.Request, ctx: RequestContext, chain: Chain) -> web.StreamResponse:
+async def _proxied(request: Request, ctx: RequestContext, chain: Chain
+                   ) -> Response | StreamResponse:
     app = request.app
     tenant = authenticate(app[POLICIES].current, request.headers)
     ctx.tenant = tenant
-    raw = await read_json(request)
+    raw = read_json(request)
     body = validate.chat(raw) if ctx.operation == "chat" else validate.embeddings(raw)
     ctx.body = body
     ctx.model = body["model"]
@@ -158,7 +158,7 @@ async def _proxied(request: web.Request, ctx: RequestContext, chain: Chain) -> w
             return await _reply(ctx, chain, again, services, spent)
         except RetryUpstream:  # a policy must refuse the second time; never loop
             raise UpstreamFailed("the provider's reply was rejected twice") from None
-    response = web.StreamResponse(status=200, headers=_head(ctx, "text/event-stream"))
+    response = StreamResponse(status=200, headers=_head(ctx, "text/event-stream"))
     response.headers["Cache-Control"] = "no-cache"
     await relay_stream(request, response, ctx, chain, result)
     return response
@@ -177,7 +177,7 @@ def _head(ctx: RequestContext, content_type: str) -> dict[str, str]:
 async def _reply(
     ctx: RequestContext, chain: Chain, reply: UpstreamReply, services: Services,
     spent: Usage | None = None,
-) -> web.Response:
+) -> Response:
     try:
         payload = reply.json()
     except UpstreamError as e:
@@ -190,7 +190,7 @@ async def _reply(
         # said it, like the provider would have answered the agent directly.
         ctx.status = reply.status
         ctx.error_type = f"upstream_{reply.status}"
-        return web.Response(body=reply.body, status=reply.status,
+        return Response(body=reply.body, status=reply.status,
                             headers={**reply.headers, **_head(ctx, "application/json")})
     ctx.usage = usage_of(payload)
     if ctx.usage is None:  # a provider that reports none: count it (marked estimated)
@@ -211,14 +211,14 @@ async def _reply(
         await chain.response(ctx, payload)
         body = jsonbody.dumps(payload)
     ctx.status = 200
-    return web.Response(body=body, status=200, headers=_head(ctx, "application/json"))
+    return Response(body=body, status=200, headers=_head(ctx, "application/json"))
 
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
+async def chat_completions(request: Request) -> Response | StreamResponse:
     return await proxied(request, "chat")
 
 
-async def embeddings(request: web.Request) -> web.StreamResponse:
+async def embeddings(request: Request) -> Response | StreamResponse:
     return await proxied(request, "embeddings")
 
 
@@ -226,18 +226,18 @@ def _model_card(name: str) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": 0, "owned_by": "warden"}
 
 
-async def list_models(request: web.Request) -> web.Response:
+async def list_models(request: Request) -> Response:
     ctx = RequestContext(request_id=request_id(request), operation="models")
     try:
         tenant = authenticate(request.app[POLICIES].current, request.headers)
     except WardenError as e:
         return error_response(e, ctx)
     data = [_model_card(name) for name in tenant.config.models]
-    return web.json_response({"object": "list", "data": data},
+    return json_response({"object": "list", "data": data},
                              headers={"x-request-id": ctx.request_id})
 
 
-async def get_model(request: web.Request) -> web.Response:
+async def get_model(request: Request) -> Response:
     ctx = RequestContext(request_id=request_id(request), operation="models")
     try:
         tenant = authenticate(request.app[POLICIES].current, request.headers)
@@ -247,14 +247,14 @@ async def get_model(request: web.Request) -> web.Response:
                                 "access to it.", param="model")
     except WardenError as e:
         return error_response(e, ctx)
-    return web.json_response(_model_card(name), headers={"x-request-id": ctx.request_id})
+    return json_response(_model_card(name), headers={"x-request-id": ctx.request_id})
 
 
-async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+async def healthz(request: Request) -> Response:
+    return json_response({"status": "ok"})
 
 
-async def readyz(request: web.Request) -> web.Response:
+async def readyz(request: Request) -> Response:
     app = request.app
     holder = app[POLICIES]
     services = app[SERVICES]
@@ -277,16 +277,16 @@ async def readyz(request: web.Request) -> web.Response:
     detail["status"] = "ready" if ready else "not_ready"
     if services.settings.debug_runtime:
         detail["runtime"] = runtime.snapshot()
-    return web.json_response(detail, status=200 if ready else 503)
+    return json_response(detail, status=200 if ready else 503)
 
 
-async def metrics(request: web.Request) -> web.Response:
+async def metrics(request: Request) -> Response:
     m = request.app[SERVICES].metrics
-    return web.Response(body=m.render(), headers={"Content-Type": m.content_type})
+    return Response(body=m.render(), content_type=m.content_type)
 
 
-async def openapi(request: web.Request) -> web.Response:
-    return web.Response(body=request.app[OPENAPI], content_type="application/json")
+async def openapi(request: Request) -> Response:
+    return Response(body=request.app[OPENAPI], content_type="application/json")
 
 
 OPENAPI = web.AppKey("openapi", bytes)
@@ -295,12 +295,13 @@ OPENAPI = web.AppKey("openapi", bytes)
 def add_routes(app: web.Application) -> None:
     app[REQUEST_IDS] = RequestIds()
     app[OPENAPI] = runtime.openapi_document()
+    routes = app[ROUTES] = Routes(app[SETTINGS].max_body_bytes)
     for prefix in ("/v1", ""):
-        app.router.add_post(f"{prefix}/chat/completions", chat_completions)
-        app.router.add_post(f"{prefix}/embeddings", embeddings)
-        app.router.add_get(f"{prefix}/models", list_models)
-        app.router.add_get(f"{prefix}/models/{{model}}", get_model)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/openapi.json", openapi)
+        routes.post(f"{prefix}/chat/completions", chat_completions)
+        routes.post(f"{prefix}/embeddings", embeddings)
+        routes.get(f"{prefix}/models", list_models)
+        routes.get(f"{prefix}/models/{{model}}", get_model)
+    routes.get("/healthz", healthz)
+    routes.get("/readyz", readyz)
+    routes.get("/metrics", metrics)
+    routes.get("/openapi.json", openapi)

@@ -1,82 +1,559 @@
-"""The HTTP server around the app: aiohttp's, with malformed HTTP answered as OpenAI errors.
+"""Warden's HTTP/1.1 server: an ``asyncio.Protocol`` on llhttp (httptools).
 
-aiohttp's parser rejects a request that is not valid HTTP/1.1 (bare CR or LF in a header,
-a header line over 8190 bytes, conflicting ``Content-Length`` / ``Transfer-Encoding``,
-an unknown method) before any application code runs, and its ``handle_error`` answers
-with a plain-text page. An agent's SDK expects ``{"error": {...}}`` on every 4xx, so
-this runner's connections answer those with an OpenAI-format body instead.
+Why not aiohttp's server: at concurrency 1 a proxy's added latency is its CPU time per
+request, and aiohttp's server side (request and response objects, router, middleware,
+payload writer, one more loop iteration per request) costs more than everything Warden
+itself does with policies off. Measured on this machine's 2 cores: a 40-line aiohttp
+pass-through added 0.6-1.1 ms at p50, the same pass-through on this protocol 0.05-0.2 ms
+(bench/RESULTS.md). aiohttp still provides the application object (typed state, startup
+and cleanup contexts, proxy/app.py) and the runner/site plumbing.
 
-The message names the kind of fault only: the parser's own text can quote the offending
-bytes (a header value, part of a body), and an error body is often logged and shown.
-The connection is still closed afterwards, as aiohttp does: after a framing error the
-byte stream cannot be trusted to be in step.
+What the protocol does, and what it refuses:
+- Request heads are bounded: a request line or header over 8190 bytes, more than 128
+  headers, or a head over 64 KiB is refused (400 ``request_header_too_large``).
+- Bodies are read whole before the handler runs, ``Content-Length`` or chunked; one over
+  the port's limit is refused with 413 as soon as that is known (from the declared length,
+  before reading it) and the connection closed. ``Expect: 100-continue`` is answered.
+- Malformed HTTP gets an OpenAI-format 400 naming the kind of fault (never the bytes),
+  then the connection is closed: after a framing error the stream cannot be trusted.
+- Keep-alive and pipelining: requests on one connection are answered in order; reading
+  pauses while 16 are queued. Idle connections close after ``keepalive_s``.
+- A client that leaves (or half-closes) before its reply is complete cancels the handler
+  (its ``finally`` blocks run: budgets settle, telemetry is written). After the reply,
+  the handler's remaining bookkeeping is left to finish.
+- ``Upgrade`` (WebSocket, h2c) is not offered: the request is answered in HTTP/1.1 and
+  the connection closed.
+- Shutdown: stop listening (the site), close idle connections, let in-flight requests
+  finish up to the grace period, then cancel what is left.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import email.utils
+import logging
+import socket
+import time
+from collections import deque
+from http import HTTPStatus
 from typing import Any
 
-from aiohttp import http_exceptions, web
-from aiohttp.web_protocol import RequestHandler
-from aiohttp.web_request import BaseRequest
+import httptools
+from aiohttp import web
+from multidict import CIMultiDict
 
-# The Server header of every response (aiohttp's default names itself and its version).
+from proxy.appkeys import ROUTES
+from proxy.errors import PayloadTooLarge, WardenError
+from proxy.request import Request
+from proxy.response import Response, StreamResponse, json_response
+from proxy.router import RouteError, Routes
+
+log = logging.getLogger("warden.server")
+
+# The Server header of every response (no framework name or version to match against).
 SERVER = "warden"
+MAX_LINE = 8190  # request line / one header, as aiohttp and nginx's default buffers
+MAX_HEADERS = 128
+MAX_HEAD = 64 * 1024
+PIPELINE_DEPTH = 16
+KEEPALIVE_S = 75.0
 
-# Most specific first: several are subclasses of BadHttpMessage.
-_FAULTS: tuple[tuple[type[Exception], str, str], ...] = (
-    (http_exceptions.LineTooLong, "a request line or header is too long",
-     "request_header_too_large"),
-    (http_exceptions.BadHttpMethod, "the HTTP method is not valid", "bad_http_method"),
-    (http_exceptions.InvalidURLError, "the request target is not a valid URL",
-     "bad_request_target"),
-    (http_exceptions.BadStatusLine, "the request line is malformed", "bad_request_line"),
-    (http_exceptions.InvalidHeader, "a header is malformed", "bad_header"),
-    (http_exceptions.TransferEncodingError, "the chunked body framing is malformed",
-     "bad_framing"),
-    (http_exceptions.ContentLengthError, "the body does not match its Content-Length",
-     "bad_framing"),
-    (http_exceptions.BadHttpMessage, "the request is not valid HTTP/1.1", "bad_http"),
-)
+# Fault kind -> (what the message says, error code).
+_FAULTS: dict[str, tuple[str, str]] = {
+    "too_long": ("a request line or header is too long", "request_header_too_large"),
+    "method": ("the HTTP method is not valid", "bad_http_method"),
+    "url": ("the request target is not a valid URL", "bad_request_target"),
+    "http": ("the request is not valid HTTP/1.1", "bad_http"),
+}
+# Set by the server itself; a handler's value for these is ignored.
+_FRAMING = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive",
+                      "server", "date"})
 
 
-def describe(status: int, exc: BaseException | None) -> dict[str, Any]:
-    """The OpenAI-format body for a request aiohttp refused before the app ran."""
+def describe(status: int, kind: str | None) -> dict[str, Any]:
+    """The OpenAI-format body for a request refused before any handler ran."""
     if status >= 500:
         return {"error": {"message": "internal error in Warden's HTTP server; see its log",
                           "type": "server_error", "param": None, "code": "internal_error"}}
-    message, code = "malformed HTTP request", "bad_http"
-    for kind, text, kind_code in _FAULTS:
-        if isinstance(exc, kind):
-            message, code = f"malformed HTTP request: {text}", kind_code
-            break
+    text, code = _FAULTS.get(kind or "", (None, "bad_http"))
+    message = f"malformed HTTP request: {text}" if text else "malformed HTTP request"
     return {"error": {"message": message, "type": "invalid_request_error", "param": None,
                       "code": code}}
 
 
-class _Connection(RequestHandler):
-    def handle_error(self, request: BaseRequest, status: int = 500,
-                     exc: BaseException | None = None, message: str | None = None
-                     ) -> web.StreamResponse:
-        # aiohttp's version logs the fault and refuses when a response already started;
-        # its plain-text page is replaced.
-        super().handle_error(request, status, exc, message)
-        response = web.json_response(describe(status, exc), status=status,
-                                     headers={"Server": SERVER})
-        response.force_close()
-        return response
+def fault_kind(error: httptools.HttpParserError) -> str:
+    if isinstance(error, httptools.HttpParserInvalidMethodError):
+        return "method"
+    if isinstance(error, httptools.HttpParserInvalidURLError):
+        return "url"
+    return "http"
 
 
-class _Server(web.Server):
-    def __call__(self) -> RequestHandler:
-        return _Connection(self, loop=self._loop, **self._kwargs)
+_status_lines: dict[int, str] = {}
+
+
+def _status_line(status: int) -> str:
+    line = _status_lines.get(status)
+    if line is None:
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "Unknown"
+        line = _status_lines[status] = f"HTTP/1.1 {status} {phrase}\r\n"
+    return line
+
+
+class _Date:
+    """The Date header line, formatted at most once a second."""
+
+    second = -1
+    line = ""
+
+    @classmethod
+    def now(cls) -> str:
+        second = int(time.time())
+        if second != cls.second:
+            cls.second = second
+            cls.line = f"Date: {email.utils.formatdate(second, usegmt=True)}\r\n"
+        return cls.line
+
+
+def encode_head(status: int, headers: dict[str, str], framing: str, close: bool) -> bytes:
+    """Status line and headers; ValueError if a name or value holds a line break."""
+    parts = [_status_line(status), "Server: warden\r\n", _Date.now()]
+    for name, value in headers.items():
+        if name.lower() not in _FRAMING:
+            parts.append(f"{name}: {value}\r\n")
+    if framing:
+        parts.append(framing)
+    if close:
+        parts.append("Connection: close\r\n")
+    parts.append("\r\n")
+    text = "".join(parts)
+    # Every part ends in exactly one CRLF: any other CR or LF came from a header.
+    if text.count("\n") != len(parts) or text.count("\r") != len(parts):
+        raise ValueError("a response header contains a line break")
+    return text.encode("utf-8")
+
+
+class _Refused(Exception):
+    """Raised inside a parser callback to stop parsing: the request is refused."""
+
+
+class _Pending:
+    """A parsed request waiting its turn, with how its connection must be answered."""
+
+    __slots__ = ("head_only", "http11", "keep_alive", "request")
+
+    def __init__(self, request: Request, keep_alive: bool, http11: bool) -> None:
+        self.request = request
+        self.keep_alive = keep_alive
+        self.http11 = http11
+        self.head_only = request.method == "HEAD"
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: parses requests, runs their handlers in order, frames
+    their responses (it is the ``Sink`` responses write to)."""
+
+    def __init__(self, server: HttpServer) -> None:
+        self._server = server
+        self._loop = server.loop
+        self._max_body = server.routes.max_body_bytes
+        self.transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._queue: deque[_Pending] = deque()
+        self.task: asyncio.Task[None] | None = None
+        self.last_active = time.monotonic()
+        self._closing = False  # close once the current reply is sent
+        self._lost = False
+        self._refusal: tuple[int, str] | None = None
+        self._last_message = False  # a request that ends the connection was parsed
+        self._reading_paused = False
+        self._writing_paused = False
+        self._drain: asyncio.Future[None] | None = None
+        # The reply in progress.
+        self._current: _Pending | None = None
+        self._started = False
+        self._done = True
+        self._chunked = False
+        # The message being parsed.
+        self._in_head = False
+        self._in_message = False
+        self._head_bytes = 0
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._fields: CIMultiDict[str] = CIMultiDict()
+        self._body: list[bytes] = []
+        self._body_len = 0
+
+    # -- state the server reads ------------------------------------------------------
+    @property
+    def idle(self) -> bool:
+        """No request in hand: nothing lost if the connection is closed now."""
+        return self.task is None and not self._in_message and not self._queue
+
+    # -- asyncio.Protocol -------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses; duck-typed on purpose.
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):  # not TCP (a Unix socket)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._server.track(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_active = time.monotonic()
+        if self._refusal is not None or self._closing:
+            return  # answering a refusal, or closing after the current reply
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # No protocol switch is offered: the request (if complete) is answered in
+            # HTTP/1.1 and the connection closed; any bytes after it are not read.
+            self._closing = True
+            if self._in_message:
+                self._refuse(400, "http")
+            return
+        except httptools.HttpParserError as e:
+            if self._last_message:
+                # Bytes after a request that said "Connection: close" (or HTTP/1.0
+                # without keep-alive): no request follows it, so they are not answered.
+                return
+            # A callback that refused set the status; otherwise llhttp found the fault.
+            status, kind = self._refusal or (400, fault_kind(e))
+            self._refuse(status, kind)
+            return
+        if self._in_head:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD:
+                self._refuse(400, "too_long")
+
+    def eof_received(self) -> bool:
+        # A FIN from the client reads as "gone" (as in aiohttp): a client that closes its
+        # socket mid-request must cancel the upstream call, and a half-close looks the
+        # same from here until a write fails.
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._server.forget(self)
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_exception(ConnectionResetError("client disconnected"))
+        if self.task is not None and not self._done:
+            self.task.cancel()
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+        self._drain = None
+
+    # -- llhttp callbacks -------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._in_message = self._in_head = True
+        self._head_bytes = 0
+        self._url = b""
+        self._headers = []
+        self._body = []
+        self._body_len = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > MAX_LINE:
+            self._refusal = (400, "too_long")
+            raise _Refused
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) + len(value) > MAX_LINE or len(self._headers) >= MAX_HEADERS:
+            self._refusal = (400, "too_long")
+            raise _Refused
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        fields: CIMultiDict[str] = CIMultiDict(
+            (n.decode("latin-1"), v.decode("utf-8", "surrogateescape"))
+            for n, v in self._headers)
+        self._fields = fields
+        declared = fields.get("Content-Length")
+        if declared is not None and int(declared) > self._max_body:
+            self._refusal = (413, "")
+            raise _Refused
+        expect = fields.get("Expect")
+        if expect is not None and expect.lower() == "100-continue" and self.transport:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        self._body_len += len(body)
+        if self._body_len > self._max_body:
+            self._refusal = (413, "")
+            raise _Refused
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self._in_message = False
+        url = self._url
+        if url[:1] == b"/":
+            target, _, query = url.partition(b"?")
+            query = query.partition(b"#")[0]
+        else:  # absolute form (or "*"): take the path
+            parsed = httptools.parse_url(url)
+            target, query = parsed.path or b"/", parsed.query or b""
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        parser = self._parser
+        request = Request(self._server.app, parser.get_method().decode("ascii"),
+                          target.decode("latin-1"), query.decode("latin-1"), self._fields,
+                          body, self)
+        http11 = parser.get_http_version() == "1.1"
+        pending = _Pending(request, parser.should_keep_alive() and http11, http11)
+        self._last_message = not pending.keep_alive
+        if self.task is None:
+            self.task = self._loop.create_task(self._serve(pending))
+            self._server.tasks.add(self.task)
+        else:
+            self._queue.append(pending)
+            if len(self._queue) >= PIPELINE_DEPTH and self.transport is not None:
+                self._reading_paused = True
+                self.transport.pause_reading()
+
+    # -- running handlers -------------------------------------------------------------
+    async def _serve(self, pending: _Pending) -> None:
+        try:
+            while True:
+                await self._handle(pending)
+                if self._closing or self._lost or not self._queue:
+                    break
+                pending = self._queue.popleft()
+                if self._reading_paused and len(self._queue) < PIPELINE_DEPTH // 2:
+                    self._reading_paused = False
+                    if self.transport is not None:
+                        self.transport.resume_reading()
+        finally:
+            if self.task is not None:
+                self._server.tasks.discard(self.task)
+            self.task = None
+            self._current = None
+            self.last_active = time.monotonic()
+            self._server.request_done()
+            if not self._lost:
+                if self._refusal is not None:
+                    self._send_refusal()
+                elif self._closing and self.transport is not None:
+                    self.transport.close()
+
+    async def _handle(self, pending: _Pending) -> None:
+        self._current = pending
+        self._started = self._done = False
+        if not pending.keep_alive or self._server.closing:
+            self._closing = True
+        request = pending.request
+        response: Response | StreamResponse
+        try:
+            handler, request.match_info = self._server.routes.resolve(request.method,
+                                                                      request.path)
+        except RouteError as e:
+            response = _route_error(request, e)
+        else:
+            try:
+                response = await handler(request)
+            except WardenError as e:
+                response = json_response(e.body(), e.status, dict(e.headers))
+            except Exception:  # the one deliberate catch-all: a bug is a logged 500
+                log.exception("unhandled error on %s %s", request.method, request.path)
+                if self._started:  # a reply is under way: too late for an error reply
+                    self._closing = True  # the client sees the stream end early
+                    return
+                response = _internal_error()
+        try:
+            if not response.prepared:
+                await response.prepare(request)
+        except ValueError:  # a header a handler set cannot be sent (a line break)
+            log.exception("unsendable reply on %s %s", request.method, request.path)
+            response = _internal_error()
+            await response.prepare(request)
+        if isinstance(response, StreamResponse) and not response.ended:
+            await response.write_eof()
+
+    # -- Sink: what responses call ----------------------------------------------------
+    def send_whole(self, status: int, headers: dict[str, str], body: bytes,
+                   close: bool) -> None:
+        transport, pending = self.transport, self._current
+        if self._lost or transport is None or pending is None:
+            raise ConnectionResetError("client disconnected")
+        if close:
+            self._closing = True
+        head = encode_head(status, headers, f"Content-Length: {len(body)}\r\n",
+                           self._closing)
+        self._started = self._done = True
+        if pending.head_only or not body:
+            transport.write(head)
+        elif len(body) < 16384:
+            transport.write(head + body)
+        else:
+            transport.writelines((head, body))
+
+    def start_stream(self, status: int, headers: dict[str, str]) -> None:
+        transport, pending = self.transport, self._current
+        if self._lost or transport is None or pending is None:
+            raise ConnectionResetError("client disconnected")
+        self._chunked = pending.http11 and not pending.head_only
+        if not self._chunked:
+            self._closing = True  # HTTP/1.0: the body ends where the connection does
+        framing = "Transfer-Encoding: chunked\r\n" if self._chunked else ""
+        transport.write(encode_head(status, headers, framing, self._closing))
+        self._started = True
+
+    async def write_chunk(self, data: bytes) -> None:
+        transport, pending = self.transport, self._current
+        if self._lost or transport is None or pending is None:
+            raise ConnectionResetError("client disconnected")
+        if pending.head_only:
+            return
+        transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
+        if self._writing_paused:
+            if self._drain is None:
+                self._drain = self._loop.create_future()
+            await self._drain
+
+    def end_stream(self) -> None:
+        transport = self.transport
+        if self._lost or transport is None:
+            raise ConnectionResetError("client disconnected")
+        if self._chunked:
+            transport.write(b"0\r\n\r\n")
+        self._done = True
+
+    # -- refusals and closing ---------------------------------------------------------
+    def _refuse(self, status: int, kind: str) -> None:
+        """Stop reading; answer ``status`` once the reply in progress (if any) is sent,
+        then close."""
+        self._refusal = (status, kind)
+        self._queue.clear()
+        peer = self.transport.get_extra_info("peername") if self.transport else None
+        # The parser's own message can quote the offending bytes (a key, a prompt):
+        # only the kind of fault and the client's address are logged.
+        log.warning("refused a request from %s: %s; request bytes not logged", peer,
+                    "body over the size limit (413)" if status == 413
+                    else describe(status, kind)["error"]["message"])
+        if self.transport is not None and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+        if self.task is None:
+            self._send_refusal()
+
+    def _send_refusal(self) -> None:
+        assert self._refusal is not None and self.transport is not None
+        status, kind = self._refusal
+        if status == 413:
+            err = PayloadTooLarge(
+                f"request body exceeds the limit of {self._max_body} bytes")
+            body = err.body()
+        else:
+            body = describe(status, kind)
+        payload = json_response(body, status).body
+        head = encode_head(status, {"Content-Type": "application/json; charset=utf-8"},
+                           f"Content-Length: {len(payload)}\r\n", True)
+        self.transport.write(head + payload)
+        self.transport.close()
+
+    def close(self) -> None:
+        """Close now if idle, else after the reply in progress."""
+        self._closing = True
+        if self.idle and self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        if self.transport is not None:
+            self.transport.abort()
+
+
+def _internal_error() -> Response:
+    err = WardenError("internal error in Warden; see its log", code="internal_error")
+    return json_response(err.body(), err.status)
+
+
+def _route_error(request: Request, error: RouteError) -> Response:
+    code = "not_found" if error.status == 404 else "method_not_allowed"
+    body = {"error": {"message": f"{request.method} {request.path}: {error.reason}",
+                      "type": "invalid_request_error", "param": None, "code": code}}
+    headers = {"Allow": ",".join(error.allow)} if error.allow else None
+    return json_response(body, error.status, headers)
+
+
+class HttpServer:
+    """The protocol factory for one listening port: tracks connections, closes idle
+    ones, drains on shutdown (the interface aiohttp's runner and sites expect)."""
+
+    def __init__(self, app: web.Application, routes: Routes,
+                 keepalive_s: float = KEEPALIVE_S) -> None:
+        self.app = app
+        self.routes = routes
+        self.loop = asyncio.get_running_loop()
+        self.keepalive_s = keepalive_s
+        self.connections: set[Connection] = set()
+        self.tasks: set[asyncio.Task[None]] = set()  # requests in progress, clients gone or not
+        self.closing = False
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._drained: asyncio.Event | None = None  # set by request_done() once shutting down
+
+    def __call__(self) -> Connection:
+        return Connection(self)
+
+    def track(self, conn: Connection) -> None:
+        self.connections.add(conn)
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(self.keepalive_s / 4, self._sweep)
+
+    def forget(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+
+    def _sweep(self) -> None:
+        cutoff = time.monotonic() - self.keepalive_s
+        for conn in list(self.connections):
+            # A request still arriving counts as idle too: a client that stops sending
+            # mid-request for the whole keep-alive period is let go.
+            if conn.task is None and conn.last_active < cutoff and conn.transport:
+                conn.transport.close()
+        self._sweeper = (self.loop.call_later(self.keepalive_s / 4, self._sweep)
+                         if self.connections else None)
+
+    def pre_shutdown(self) -> None:
+        self.closing = True
+        for conn in list(self.connections):
+            conn.close()
+
+    def request_done(self) -> None:
+        """A connection finished its requests: wake ``shutdown`` if it was the last."""
+        if self._drained is not None and not self.tasks:
+            self._drained.set()
+
+    async def shutdown(self, grace_s: float | None = None) -> None:
+        """Wait up to ``grace_s`` for requests in progress, then cancel them."""
+        self._drained = asyncio.Event()
+        self.request_done()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._drained.wait(), grace_s)
+        for task in list(self.tasks):
+            task.cancel()
+        for conn in list(self.connections):
+            conn.abort()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
 
 
 class Runner(web.AppRunner):
-    """``web.AppRunner`` whose connections answer malformed HTTP in OpenAI's shape."""
+    """aiohttp's ``AppRunner`` (app startup and cleanup, sites) serving the app's
+    ``ROUTES`` with ``HttpServer`` instead of aiohttp's own server."""
 
     async def _make_server(self) -> web.Server:
-        plain = await super()._make_server()
-        return _Server(plain.request_handler, request_factory=plain.request_factory,
-                       handler_cancellation=plain.handler_cancellation, loop=plain._loop,
-                       **plain._kwargs)
+        await super()._make_server()  # starts the app: cleanup contexts, freeze
+        return HttpServer(self.app, self.app[ROUTES])  # type: ignore[return-value]

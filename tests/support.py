@@ -59,6 +59,27 @@ def write_policies(directory: Path, *tenants: dict[str, Any]) -> Path:
     return directory
 
 
+class WardenServer:
+    """A Warden app served on a loopback port in the running loop (the interface of
+    aiohttp's TestServer that the tests use)."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+        self._runner = Runner(app)
+        self.url = ""
+
+    async def start_server(self) -> None:
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+
+    def make_url(self, path: str) -> str:
+        return self.url + path
+
+    async def close(self) -> None:
+        await self._runner.cleanup()
+
+
 class Stack:
     """Mock provider + Warden in a background event loop."""
 
@@ -86,7 +107,7 @@ class Stack:
         pdir = write_policies(self._tmp / "policies", *self._policies(self.mock_url))
         settings = Settings(**{"policies_dir": pdir, "access_log": False, **self._settings})
         self.app = create_app(settings)
-        proxy = Runner(self.app, access_log=None, handler_cancellation=True)
+        proxy = Runner(self.app)
         await proxy.setup()
         await web.TCPSite(proxy, "127.0.0.1", 0).start()
         self._runners.append(proxy)

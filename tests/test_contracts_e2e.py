@@ -26,9 +26,11 @@ from aiohttp.test_utils import TestServer
 from proxy.app import create_app
 from proxy.mock_upstream import create_mock_app
 from proxy.settings import Settings
+from tests.support import WardenServer
 
 KEY = "vk-contracts-test-key"
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
+WardenFactory = Callable[[web.Application], Awaitable[WardenServer]]
 
 PERSON = {
     "type": "object",
@@ -52,7 +54,7 @@ output:
 
 
 class Rig:
-    def __init__(self, mock: TestServer, proxy: TestServer) -> None:
+    def __init__(self, mock: TestServer, proxy: WardenServer) -> None:
         self.mock = mock
         self.client = openai.AsyncOpenAI(
             base_url=str(proxy.make_url("/v1")), api_key=KEY, max_retries=0)
@@ -63,7 +65,8 @@ class Rig:
             return got
 
 
-async def start(aiohttp_server: ServerFactory, tmp_path: Path, on_failure: str) -> Rig:
+async def start(aiohttp_server: ServerFactory, warden_server: WardenFactory, tmp_path: Path,
+                on_failure: str) -> Rig:
     mock = await aiohttp_server(create_mock_app())
     base = mock.make_url("/f/raw=1/v1")
     deployments = f"[{{provider: openai_compatible, model: mock, api_base: '{base}'}}]"
@@ -72,13 +75,14 @@ async def start(aiohttp_server: ServerFactory, tmp_path: Path, on_failure: str) 
               + SCOPE_AND_OUTPUT.format(on_failure=on_failure))
     (tmp_path / "contracts.yaml").write_text(policy)
     settings = Settings.model_validate({"policies_dir": tmp_path, "access_log": False})
-    proxy = await aiohttp_server(create_app(settings))
+    proxy = await warden_server(create_app(settings))
     return Rig(mock, proxy)
 
 
 @pytest.fixture
-async def rig(aiohttp_server: ServerFactory, tmp_path: Path) -> AsyncIterator[Rig]:
-    r = await start(aiohttp_server, tmp_path, "refuse")
+async def rig(aiohttp_server: ServerFactory, warden_server: WardenFactory, tmp_path: Path
+              ) -> AsyncIterator[Rig]:
+    r = await start(aiohttp_server, warden_server, tmp_path, "refuse")
     yield r
     await r.client.close()
 
@@ -133,8 +137,9 @@ async def test_plain_reply_valid_and_invalid(rig: Rig) -> None:
 
 
 async def test_plain_retry_once_then_refuse(aiohttp_server: ServerFactory,
+                                            warden_server: WardenFactory,
                                             tmp_path: Path) -> None:
-    rig = await start(aiohttp_server, tmp_path, "retry")
+    rig = await start(aiohttp_server, warden_server, tmp_path, "retry")
     try:
         with pytest.raises(openai.BadRequestError) as info:
             await rig.client.chat.completions.create(
@@ -148,7 +153,8 @@ async def test_plain_retry_once_then_refuse(aiohttp_server: ServerFactory,
 
 
 async def test_plain_retry_succeeds_when_the_second_reply_is_valid(
-    aiohttp_server: ServerFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    aiohttp_server: ServerFactory, warden_server: WardenFactory, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="warden.access")
     # A provider that is wrong once and right the second time (the mock is
@@ -171,7 +177,7 @@ async def test_plain_retry_succeeds_when_the_second_reply_is_valid(
         f"tenant: t\nkeys: [{KEY}]\nmodels:\n  m: [{{provider: openai_compatible, model: x, "
         f"api_base: '{upstream.make_url('/v1')}'}}]\noutput: {{on_failure: retry}}\n")
     settings = Settings.model_validate({"policies_dir": tmp_path, "access_log": True})
-    proxy = await aiohttp_server(create_app(settings))
+    proxy = await warden_server(create_app(settings))
     async with openai.AsyncOpenAI(base_url=str(proxy.make_url("/v1")), api_key=KEY,
                                   max_retries=0) as client:
         reply = await client.chat.completions.create(

@@ -195,20 +195,22 @@ def test_server_survives_the_whole_module(fuzz_stack: Stack, verdict: Verdict) -
     assert verdict.cases >= 100, verdict.figure()
 
 
+# ("Content-Length lies (short)" is not among them: it reads as a 5-byte body, a JSON 400,
+# and the bytes after it, sent with "Connection: close", are never parsed.)
 @pytest.mark.parametrize("label", ["NUL in Authorization", "bare LF in header value",
-                                   "Content-Length lies (short)"])
+                                   "huge Authorization (64 KiB)"])
 def test_malformed_http_is_logged_without_request_bytes(
         fuzz_stack: Stack, caplog: pytest.LogCaptureFixture, label: str) -> None:
-    """aiohttp's parser quotes the bad bytes (a key, a prompt) in its error; Warden's log
-    filter (proxy/logsafe.py) keeps them out of the log."""
+    """The parser's error can quote the bad bytes (a key, a prompt); Warden's server logs
+    the kind of fault and the client's address only."""
     request_bytes = dict((c[0], c[1]) for c in fuzzing.header_abuse_requests())[label]
     u = urlsplit(fuzz_stack.proxy_url)
     with caplog.at_level(logging.DEBUG):
         status, _, _ = fuzzing.raw_exchange(u.hostname or "127.0.0.1", u.port or 80,
                                             request_bytes)
     assert status == 400
-    records = [r for r in caplog.records if r.name == "aiohttp.server"]
-    assert records, "aiohttp logged nothing: the test no longer exercises the filter"
+    records = [r for r in caplog.records if r.name == "warden.server"]
+    assert records, "the refusal was not logged: the test no longer exercises it"
     text = caplog.text
     for secret in ("vk-test", "X-Injected", '"hello"', "Traceback"):
         assert secret not in text, text

@@ -29,6 +29,7 @@ from proxy.settings import Settings
 from proxy.store import MemoryStore
 from proxy.tenants import PolicyHolder, load_policy_set
 from proxy.upstream.translated import TranslatedTransport
+from tests.support import WardenServer
 
 
 def tenant_yaml(tenant: str, key: str, model: str = "gpt-4o-mini") -> str:
@@ -363,7 +364,7 @@ async def test_edit_break_fix_under_load(tmp_path: Path, layout: str) -> None:
     settings = Settings(
         policies_dir=policies, policy_reload_interval_s=0.05, access_log=False, port=0
     )
-    proxy = TestServer(create_app(settings))
+    proxy = WardenServer(create_app(settings))
     await proxy.start_server()
     holder = proxy.app[POLICIES]
     url = str(proxy.make_url("/v1/chat/completions"))
@@ -509,7 +510,7 @@ async def test_reload_warms_litellm_for_a_new_translated_deployment(
     monkeypatch.setattr(TranslatedTransport, "warm", fake_warm)
     (tmp_path / "a.yaml").write_text(tenant_yaml("alpha", "sk-alpha-1"))
     settings = Settings(policies_dir=tmp_path, policy_reload_interval_s=0.05, access_log=False)
-    proxy = TestServer(create_app(settings))
+    proxy = WardenServer(create_app(settings))
     await proxy.start_server()
     holder = proxy.app[POLICIES]
     try:
