@@ -178,6 +178,7 @@ class Connection(asyncio.Protocol):
         self._started = False
         self._done = True
         self._chunked = False
+        self._head = b""  # a stream's head, not yet written
         # The message being parsed.
         self._in_head = False
         self._in_message = False
@@ -406,8 +407,17 @@ class Connection(asyncio.Protocol):
         if not self._chunked:
             self._closing = True  # HTTP/1.0: the body ends where the connection does
         framing = "Transfer-Encoding: chunked\r\n" if self._chunked else ""
-        transport.write(encode_head(status, headers, framing, self._closing))
+        # The head goes out with the first chunk when that is written in the same turn
+        # of the loop (a relayed stream's first event is): one write and one wake-up of
+        # the client instead of two. Otherwise it goes out on the loop's next turn.
+        self._head = encode_head(status, headers, framing, self._closing)
+        self._loop.call_soon(self._flush_head)
         self._started = True
+
+    def _flush_head(self) -> None:
+        if self._head and not self._lost and self.transport is not None:
+            self.transport.write(self._head)
+        self._head = b""
 
     async def write_chunk(self, data: bytes) -> None:
         transport, pending = self.transport, self._current
@@ -415,7 +425,10 @@ class Connection(asyncio.Protocol):
             raise ConnectionResetError("client disconnected")
         if pending.head_only:
             return
-        transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
+        frame = b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data
+        if self._head:
+            frame, self._head = self._head + frame, b""
+        transport.write(frame)
         if self._writing_paused:
             if self._drain is None:
                 self._drain = self._loop.create_future()
@@ -425,8 +438,10 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         if self._lost or transport is None:
             raise ConnectionResetError("client disconnected")
-        if self._chunked:
-            transport.write(b"0\r\n\r\n")
+        tail = b"0\r\n\r\n" if self._chunked else b""
+        if self._head or tail:
+            transport.write(self._head + tail)
+        self._head = b""
         self._done = True
 
     # -- refusals and closing ---------------------------------------------------------
