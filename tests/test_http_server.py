@@ -25,6 +25,7 @@ class Seen:
     cancelled: list[str] = field(default_factory=list)
     finished: list[str] = field(default_factory=list)
     release: asyncio.Event = field(default_factory=asyncio.Event)
+    written: int = 0
 
 
 @dataclass
@@ -60,6 +61,20 @@ def make_app(seen: Seen, max_body: int = 1000) -> web.Application:
         await response.write_eof()
         return response
 
+    async def firehose(request: Request) -> StreamResponse:
+        response = StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        await response.prepare(request)
+        block = b"x" * 65536
+        try:
+            for _ in range(1000):  # 64 MB, far more than any socket buffer holds
+                await response.write(block)
+                seen.written += len(block)
+        except (ConnectionResetError, asyncio.CancelledError):
+            seen.cancelled.append("/firehose")  # the client left: cancelled, or write failed
+            raise
+        await response.write_eof()
+        return response
+
     async def after_reply(request: Request) -> Response:
         # Sends first, then keeps working: a client leaving now must not cancel this.
         response = Response(b"sent", content_type="text/plain")
@@ -84,6 +99,7 @@ def make_app(seen: Seen, max_body: int = 1000) -> web.Application:
     routes.post("/slow", slow)
     routes.post("/stream", stream)
     routes.post("/after", after_reply)
+    routes.post("/firehose", firehose)
     routes.post("/boom", boom)
     routes.post("/refuse", refuse)
     routes.get("/bad-header", bad_header)
@@ -232,6 +248,25 @@ async def test_streams_are_chunked_on_http11_and_close_delimited_on_http10(
     head, _, body = raw.partition(b"\r\n\r\n")
     assert b"chunked" not in head.lower() and b"Connection: close" in head
     assert body == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
+
+
+async def test_a_slow_reader_slows_the_writer_down(served: Served) -> None:
+    reader, writer = await asyncio.open_connection(served.host, served.port)
+    writer.write(post(b"/firehose", b""))
+    await reader.readuntil(b"\r\n\r\n")
+    await asyncio.sleep(0.3)  # not reading: the handler must wait, not buffer 64 MB
+    assert served.seen.written < 16 * 1024 * 1024, served.seen.written
+    got = 0
+    while got < 8 * 1024 * 1024:  # reading lets it go on
+        got += len(await reader.read(1 << 20))
+    assert served.seen.written > 4 * 1024 * 1024
+    writer.close()  # leaving mid-stream: the handler's next write fails
+    for _ in range(100):
+        if served.seen.cancelled:
+            break
+        await asyncio.sleep(0.02)
+    assert served.seen.cancelled == ["/firehose"]
+    assert served.seen.written < 64 * 1024 * 1024
 
 
 async def test_a_client_leaving_before_its_reply_cancels_the_handler(served: Served) -> None:
