@@ -446,10 +446,9 @@ class Connection(asyncio.Protocol):
 
     # -- refusals and closing ---------------------------------------------------------
     def _refuse(self, status: int, kind: str) -> None:
-        """Stop reading; answer ``status`` once the reply in progress (if any) is sent,
-        then close."""
+        """Stop reading; answer ``status`` once the requests parsed before this one are
+        answered, then close."""
         self._refusal = (status, kind)
-        self._queue.clear()
         peer = self.transport.get_extra_info("peername") if self.transport else None
         # The parser's own message can quote the offending bytes (a key, a prompt):
         # only the kind of fault and the client's address are logged.

@@ -199,6 +199,15 @@ async def test_keep_alive_and_pipelined_requests_are_answered_in_order(served: S
     assert all(b"Connection: close" not in head for head, _ in replies[:-1])
 
 
+async def test_requests_before_a_malformed_one_are_still_answered(served: Served) -> None:
+    raw = post(b"/echo", b"first") + post(b"/echo", b"second") + b"P@ST / HTTP/1.1\r\n\r\n"
+    reply = await exchange(served, raw)
+    first, second, refusal = reply.split(b"HTTP/1.1 ")[1:]
+    assert first.startswith(b"200 ") and b'"first"' in first
+    assert second.startswith(b"200 ") and b'"second"' in second
+    assert refusal.startswith(b"400 ") and b"bad_http_method" in refusal
+
+
 async def test_body_arriving_in_pieces_and_chunked_bodies(served: Served) -> None:
     reader, writer = await asyncio.open_connection(served.host, served.port)
     whole = post(b"/echo", b"0123456789", b"Connection: close")
