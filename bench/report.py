@@ -219,8 +219,8 @@ def table(columns: Sequence[Measured]) -> str:
 
 
 def _head(m: Measured) -> str:
-    names = {"direct": "direct to mock", "passthrough": "minimal pass-through",
-             "litellm": "LiteLLM Proxy"}
+    names = {"direct": "direct to mock", "passthrough": "minimal pass-through (aiohttp)",
+             "llhttp-passthrough": "minimal pass-through (llhttp)", "litellm": "LiteLLM Proxy"}
     return names.get(m.label, f"Warden: {m.label}")
 
 

@@ -90,7 +90,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=32, help="the high concurrency level")
     p.add_argument("--no-litellm", action="store_true", help="skip LiteLLM Proxy")
     p.add_argument("--no-passthrough", action="store_true",
-                   help="skip the minimal aiohttp pass-through reference column")
+                   help="skip the two minimal pass-through reference columns")
     p.add_argument("--litellm-venv", type=Path, default=BENCH_DIR / ".venv-litellm")
     p.add_argument("--repo", type=Path, default=ROOT,
                    help="Warden source tree to run (PYTHONPATH of the servers)")
@@ -162,6 +162,18 @@ def passthrough_server(work: Path, mock: str) -> Server:
         argv=[sys.executable, "-m", "bench.passthrough", "--upstream", mock,
               "--host", "127.0.0.1", "--port", str(port)],
         port=port, ready_path="/ready", log_path=work / "passthrough.log", env=env,
+    )
+
+
+def llhttp_passthrough_server(work: Path, mock: str) -> Server:
+    port = free_port()
+    env = base_env()
+    env["PYTHONPATH"] = str(ROOT)
+    return Server(
+        name="llhttp-passthrough",
+        argv=[sys.executable, "-m", "bench.passthrough_llhttp", "--upstream", mock,
+              "--host", "127.0.0.1", "--port", str(port)],
+        port=port, ready_path="/ready", log_path=work / "passthrough-llhttp.log", env=env,
     )
 
 
@@ -364,6 +376,11 @@ def build_columns(
         if not args.no_passthrough:
             srv = passthrough_server(work, mock.base)
             columns.append(Column(Measured("passthrough", "baseline", wl.name),
+                                  f"{srv.base}/v1/chat/completions",
+                                  f"{srv.base}/f/chunks={wl.stream_chunks}/v1/chat/completions",
+                                  "bench-upstream", "bench-upstream", None, wl, srv))
+            srv = llhttp_passthrough_server(work, mock.base)
+            columns.append(Column(Measured("llhttp-passthrough", "baseline", wl.name),
                                   f"{srv.base}/v1/chat/completions",
                                   f"{srv.base}/f/chunks={wl.stream_chunks}/v1/chat/completions",
                                   "bench-upstream", "bench-upstream", None, wl, srv))

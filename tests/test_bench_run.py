@@ -31,7 +31,7 @@ def test_short_run_measures_every_column(
     assert "failed:" not in printed
 
     columns = {c["label"]: c for c in json.loads(raw.read_text())}
-    assert set(columns) == {"direct", "passthrough", "warden"}
+    assert set(columns) == {"direct", "passthrough", "llhttp-passthrough", "warden"}
     for label, col in columns.items():
         assert col["error"] is None, label
         shapes = col["runs"]
