@@ -89,7 +89,6 @@ def test_threshold_per_kind_bounds_fpr_on_every_kind() -> None:
 
 def test_evaluation_can_use_the_detectors_own_thresholds() -> None:
     from bench import injection_eval
-
     from proxy.injection.detector import Detector
 
     class Fixed:
@@ -145,7 +144,7 @@ def test_cross_validation_scores_every_text_once_out_of_fold(
         emails=False, docs_user=False, whole_prompt=False, line_starts=False)
     monkeypatch.setattr(td, "test_texts", lambda: ["an unrelated test text"])
     rows, scored = train_injection.cross_validate(args, (3, 4))
-    margins, labels, groups = scored["user"]
+    margins, labels, _ = scored["user"]
     # Every labelled prompt of train + validation is scored once, by a model without it.
     assert len(margins) == 65 and labels.sum() == 25
     assert len(scored["tool"][0]) == 30 * 6  # each context clean + 5 injected, once
