@@ -25,7 +25,8 @@ Calibration and thresholds, two ways:
   separately.
 
 Needs the ``bench`` extra (scipy, pyarrow). Run from the repo root:
-    python bench/train_injection.py --long-windows --cv 5 --tool-fpr-per-kind  # shipped
+    # the shipped model.npz:
+    python bench/train_injection.py --long-windows --cv 5 --tool-fpr-per-kind --email-weight 3
     python bench/train_injection.py [--slabs] [--extra] [--dim 18] [--out PATH]
 """
 
