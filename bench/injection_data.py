@@ -220,6 +220,38 @@ def bipia_partition(split: str, seed: int = 0, directory: Path | None = None) ->
                           [k for k, _ in fit])
 
 
+def bipia_folds(k: int, seed: int = 0, directory: Path | None = None
+                ) -> list[tuple[BipiaPartition, BipiaPartition]]:
+    """K (fit, held-out) pairs over ALL of BIPIA's training split, for cross-validation:
+    fold i holds out a k-th of the contexts (stratified by kind) AND its own share of the
+    fifteen attack categories, so every held-out document carries an attack of a kind the
+    fold's model did not see, as in the fixed validation split. Each context and each
+    category is held out exactly once."""
+    directory = directory or bipia_dir()
+    by_cat = json.loads((directory / "text_attack_train.json").read_text(encoding="utf-8"))
+    pairs = _bipia_contexts("train", directory)
+    rng = random.Random(seed)
+    fold_of: dict[int, int] = {}
+    for kind in ("email", "table"):
+        idx = [i for i, p in enumerate(pairs) if p[0] == kind]
+        rng.shuffle(idx)
+        fold_of.update({j: n % k for n, j in enumerate(idx)})
+    cats = sorted(by_cat)
+    rng.shuffle(cats)
+    cat_fold = {c: n % k for n, c in enumerate(cats)}
+    out = []
+    for f in range(k):
+        parts = []
+        for held in (False, True):
+            sel = [i for i in range(len(pairs)) if (fold_of[i] == f) == held]
+            parts.append(BipiaPartition(
+                [pairs[i][1] for i in sel],
+                [a for c in cats if (cat_fold[c] == f) == held for a in by_cat[c]],
+                [pairs[i][0] for i in sel]))
+        out.append((parts[0], parts[1]))
+    return out
+
+
 def bipia(split: str, attacks_per_context: int = 5, seed: int = 0,
           directory: Path | None = None) -> list[Sample]:
     """Clean tool results (label 0) and the same ones with an attack inserted (label 1).
@@ -227,7 +259,12 @@ def bipia(split: str, attacks_per_context: int = 5, seed: int = 0,
     Each context is used once clean and ``attacks_per_context`` times injected, with
     attacks and positions drawn by a fixed seed, so the set is the same on every run.
     """
-    part = bipia_partition(split, seed, directory)
+    return bipia_samples(bipia_partition(split, seed, directory), attacks_per_context, seed)
+
+
+def bipia_samples(part: BipiaPartition, attacks_per_context: int = 5, seed: int = 0
+                  ) -> list[Sample]:
+    """The samples of ``bipia`` built from any partition (a split or a CV fold)."""
     rng = random.Random(seed + 1)
     out: list[Sample] = []
     for kind, context in zip(part.kinds, part.contexts, strict=True):

