@@ -153,27 +153,16 @@ def warden_server(
     )
 
 
-def passthrough_server(work: Path, mock: str) -> Server:
+def passthrough_server(work: Path, mock: str, name: str, module: str) -> Server:
+    """A reference pass-through (``bench.<module>``) in front of the mock."""
     port = free_port()
     env = base_env()
     env["PYTHONPATH"] = str(ROOT)
     return Server(
-        name="passthrough",
-        argv=[sys.executable, "-m", "bench.passthrough", "--upstream", mock,
+        name=name,
+        argv=[sys.executable, "-m", f"bench.{module}", "--upstream", mock,
               "--host", "127.0.0.1", "--port", str(port)],
-        port=port, ready_path="/ready", log_path=work / "passthrough.log", env=env,
-    )
-
-
-def llhttp_passthrough_server(work: Path, mock: str) -> Server:
-    port = free_port()
-    env = base_env()
-    env["PYTHONPATH"] = str(ROOT)
-    return Server(
-        name="llhttp-passthrough",
-        argv=[sys.executable, "-m", "bench.passthrough_llhttp", "--upstream", mock,
-              "--host", "127.0.0.1", "--port", str(port)],
-        port=port, ready_path="/ready", log_path=work / "passthrough-llhttp.log", env=env,
+        port=port, ready_path="/ready", log_path=work / f"{name}.log", env=env,
     )
 
 
@@ -374,16 +363,13 @@ def build_columns(
                               f"{mock.base}/v1/chat/completions", f"{base}/chat/completions",
                               "bench-upstream", "bench-upstream", None, wl))
         if not args.no_passthrough:
-            srv = passthrough_server(work, mock.base)
-            columns.append(Column(Measured("passthrough", "baseline", wl.name),
-                                  f"{srv.base}/v1/chat/completions",
-                                  f"{srv.base}/f/chunks={wl.stream_chunks}/v1/chat/completions",
-                                  "bench-upstream", "bench-upstream", None, wl, srv))
-            srv = llhttp_passthrough_server(work, mock.base)
-            columns.append(Column(Measured("llhttp-passthrough", "baseline", wl.name),
-                                  f"{srv.base}/v1/chat/completions",
-                                  f"{srv.base}/f/chunks={wl.stream_chunks}/v1/chat/completions",
-                                  "bench-upstream", "bench-upstream", None, wl, srv))
+            for label, module in (("passthrough", "passthrough"),
+                                  ("llhttp-passthrough", "passthrough_llhttp")):
+                srv = passthrough_server(work, mock.base, label, module)
+                columns.append(Column(
+                    Measured(label, "baseline", wl.name), f"{srv.base}/v1/chat/completions",
+                    f"{srv.base}/f/chunks={wl.stream_chunks}/v1/chat/completions",
+                    "bench-upstream", "bench-upstream", None, wl, srv))
         if not args.no_litellm:
             srv = litellm_server(args.litellm_venv, work, mock.base, wl)
             columns.append(Column(Measured("litellm", "baseline", wl.name),
