@@ -1,7 +1,8 @@
 """What a handler answers with: a whole reply, or a stream written as it is produced.
 
-The server (proxy/server.py) frames them: status line, ``Server``/``Date``, then either
-``Content-Length`` and the body in one write, or chunked transfer encoding for streams.
+The server (proxy/connection.py, proxy/wire.py) frames them: status line,
+``Server``/``Date``, then either ``Content-Length`` and the body in one write, or
+chunked transfer encoding for streams.
 Handlers set everything else in ``headers``; the framing headers they might set
 (length, transfer encoding, connection) are the server's and are ignored.
 
@@ -20,10 +21,9 @@ if TYPE_CHECKING:
 
 
 class Sink(Protocol):
-    """The connection a response is written to (proxy/server.py's ``Connection``)."""
+    """The connection a response is written to (proxy/connection.py's ``Connection``)."""
 
-    def send_whole(self, status: int, headers: dict[str, str], body: bytes,
-                   close: bool) -> None: ...
+    def send_whole(self, status: int, headers: dict[str, str], body: bytes) -> None: ...
 
     def start_stream(self, status: int, headers: dict[str, str]) -> None: ...
 
@@ -35,7 +35,7 @@ class Sink(Protocol):
 class Response:
     """A whole reply: status, headers and body sent in one write."""
 
-    __slots__ = ("body", "close", "headers", "prepared", "status")
+    __slots__ = ("body", "headers", "prepared", "status")
 
     def __init__(self, body: bytes = b"", status: int = 200,
                  headers: dict[str, str] | None = None,
@@ -46,15 +46,11 @@ class Response:
         if content_type is not None:
             self.headers["Content-Type"] = content_type
         self.prepared = False
-        self.close = False  # close the connection after this reply
-
-    def force_close(self) -> None:
-        self.close = True
 
     async def prepare(self, request: Request) -> None:
         if not self.prepared:
             self.prepared = True
-            request.sink.send_whole(self.status, self.headers, self.body, self.close)
+            request.sink.send_whole(self.status, self.headers, self.body)
 
     async def write_eof(self) -> None:
         """Nothing left to send: the body went with ``prepare()``."""

@@ -16,8 +16,6 @@ import pytest
 
 from bench import injection_data as data
 
-pytest.importorskip("scipy")
-
 
 def _train_injection():  # type: ignore[no-untyped-def]
     # Imported late: the training script puts bench/ on sys.path, where bench/profile.py

@@ -8,7 +8,6 @@ from urllib.parse import urlsplit
 import pytest
 
 from bench.fuzzing import raw_exchange
-from proxy.server import describe
 from tests.support import KEY, Stack
 
 AUTH = b"Authorization: Bearer " + KEY.encode()
@@ -49,14 +48,6 @@ def test_the_server_still_answers_well_formed_requests_afterwards(stack: Stack) 
                   b"Connection: close")
     status, _, body = raw_exchange(u.hostname or "127.0.0.1", u.port or 80, ok)
     assert status == 200 and json.loads(body)["object"] == "chat.completion"
-
-
-def test_describe_names_the_fault_kind_and_hides_5xx_detail() -> None:
-    assert describe(400, "too_long")["error"]["code"] == "request_header_too_large"
-    assert describe(400, None)["error"]["code"] == "bad_http"
-    assert describe(500, "http")["error"] == {
-        "message": "internal error in Warden's HTTP server; see its log",
-        "type": "server_error", "param": None, "code": "internal_error"}
 
 
 def test_responses_name_warden_not_the_framework_and_its_version(stack: Stack) -> None:
