@@ -279,10 +279,18 @@ class Connection(asyncio.Protocol):
             await response.write_eof()
 
     # -- Sink: what responses call ----------------------------------------------------
-    def send_whole(self, status: int, headers: dict[str, str], body: bytes) -> None:
+    def _reply_target(self) -> tuple[asyncio.Transport, _Pending]:
+        """Where the reply in progress goes; ConnectionResetError once the client is
+        gone. A transport that is closing mid-reply means the client is gone too: a
+        failed write closes it at once, while connection_lost only runs on the loop's
+        next turn, and a writer that never has to wait would not yield until then."""
         transport, pending = self.transport, self._current
-        if self._lost or transport is None or pending is None:
+        if self._lost or transport is None or pending is None or transport.is_closing():
             raise ConnectionResetError("client disconnected")
+        return transport, pending
+
+    def send_whole(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        transport, pending = self._reply_target()
         head = encode_head(status, headers, f"Content-Length: {len(body)}\r\n",
                            self._closing)
         self._started = self._done = True
@@ -294,9 +302,7 @@ class Connection(asyncio.Protocol):
             transport.writelines((head, body))
 
     def start_stream(self, status: int, headers: dict[str, str]) -> None:
-        transport, pending = self.transport, self._current
-        if self._lost or transport is None or pending is None:
-            raise ConnectionResetError("client disconnected")
+        _, pending = self._reply_target()
         self._chunked = pending.http11 and not pending.head_only
         if not self._chunked:
             self._closing = True  # HTTP/1.0: the body ends where the connection does
@@ -327,9 +333,7 @@ class Connection(asyncio.Protocol):
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     async def write_chunk(self, data: bytes) -> None:
-        transport, pending = self.transport, self._current
-        if self._lost or transport is None or pending is None:
-            raise ConnectionResetError("client disconnected")
+        _, pending = self._reply_target()
         if pending.head_only:
             return
         self._queue_out(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
@@ -342,8 +346,7 @@ class Connection(asyncio.Protocol):
             await self._drain
 
     def end_stream(self) -> None:
-        if self._lost or self.transport is None:
-            raise ConnectionResetError("client disconnected")
+        self._reply_target()
         if self._chunked:
             self._queue_out(b"0\r\n\r\n")
         self._flush_out()  # the reply is complete: no reason to wait for the turn's end
