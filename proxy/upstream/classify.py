@@ -50,6 +50,8 @@ class Outcome:
         return self.verdict is not Verdict.RETRY
 
 
+OK = Outcome(Verdict.OK, "ok")  # the common answer, built once
+
 _CONTEXT_CODES = frozenset({"context_length_exceeded", "string_above_max_length"})
 _CONTEXT_TEXT = re.compile(
     r"maximum context length|context[ _]length|context window|prompt is too long|"
@@ -104,7 +106,7 @@ def classify_reply(reply: UpstreamReply) -> Outcome:
         if "error" in body and "choices" not in body and "data" not in body:
             # An error dressed as a 200.
             return Outcome(Verdict.RETRY, "provider_error", detail="error body with status 200")
-        return Outcome(Verdict.OK, "ok")
+        return OK
     if status == 429 or status == 408 or (status >= 500 and status != 501):
         reason = "rate_limited" if status == 429 else f"status_{status}"
         return Outcome(Verdict.RETRY, reason, retry_after(reply.headers))

@@ -47,7 +47,7 @@ from proxy.upstream.base import (
     parse_chunk,
 )
 from proxy.upstream.breaker import Breaker, BreakerConfig, BreakerRegistry, Permit
-from proxy.upstream.classify import Outcome, Verdict, classify_error, classify_reply
+from proxy.upstream.classify import OK, Outcome, Verdict, classify_error, classify_reply
 from proxy.upstream.order import ordered
 from proxy.upstream.retry import RetryPolicy
 
@@ -124,7 +124,6 @@ Result = UpstreamReply | PrefetchedStream
 _DEADLINE = Outcome(Verdict.RETRY, "deadline", timeout=True)
 _LEAKED_TIMEOUT = Outcome(Verdict.RETRY, "timeout", timeout=True)
 _SKIPPED = Outcome(Verdict.RETRY, "breaker_open")
-_OK = Outcome(Verdict.OK, "ok")
 
 
 class _OutOfTime(Exception):
@@ -266,7 +265,7 @@ class Upstream:
         try:
             async with cm:
                 result = await self._send(run, d, breaker, attempt, started)
-            outcome = classify_reply(result) if isinstance(result, UpstreamReply) else _OK
+            outcome = classify_reply(result) if isinstance(result, UpstreamReply) else OK
         except UpstreamError as e:
             outcome = classify_error(e)
         except TimeoutError:
