@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -42,6 +43,7 @@ import aiohttp
 
 from bench import harness
 from bench.fuzzing import TRACE_MARKERS, is_openai_error
+from proxy.store.redis_store import MAX_CONNECTIONS as REDIS_POOL
 
 KEY = harness.KEY
 # Hung deployments must give up quickly, or the run measures the timeout, not the proxy.
@@ -257,6 +259,8 @@ def tcp_states(pid: int) -> Counter[str]:
                     if parts[9] in inodes:
                         state = names.get(parts[3], parts[3])
                         states[state] += 1
+                        if state == "ESTABLISHED":
+                            states[f"REMOTE {int(parts[2].split(':')[1], 16)}"] += 1
                         if state == "CLOSE_WAIT":  # which side: a client, or a provider?
                             local = int(parts[1].split(":")[1], 16)
                             remote = int(parts[2].split(":")[1], 16)
@@ -310,6 +314,7 @@ class Report:
     spent: int = 0
     seen_tokens: int = 0
     held_at_end: int = 0  # held 5 s after the run, before leases ran out
+    redis_port: int | None = None  # --accounting: the private redis-server's port
 
     @property
     def leaks(self) -> list[str]:
@@ -321,10 +326,14 @@ class Report:
             where = [k for k in self.tcp_after if k.startswith("CLOSE_WAIT ")]
             out.append(f"{self.tcp_after['CLOSE_WAIT']} sockets in CLOSE_WAIT: {where}")
         # Idle keep-alive connections to the mock may stay pooled, at most one per
-        # concurrent request; anything beyond that is a socket nobody owns.
-        # With --accounting the store keeps a pool of Redis connections as well.
-        pools = 2 if self.held is not None else 1
-        allowed = self.baseline["sockets"] + pools * self.concurrency
+        # concurrent request; anything beyond that is a socket nobody owns. With
+        # --accounting the store keeps its own Redis connections, bounded by its pool
+        # (not by the clients: a hung-up request's settle still runs when the next
+        # request's reserve starts).
+        redis = self.tcp_after.get(f"REMOTE {self.redis_port}", 0) if self.redis_port else 0
+        if redis > REDIS_POOL:
+            out.append(f"{redis} connections to Redis (its pool holds {REDIS_POOL})")
+        allowed = self.baseline["sockets"] + self.concurrency + redis
         # (An ESTABLISHED client connection is one the client side still holds: on
         # loopback a closed client socket shows up here as CLOSE_WAIT, counted above.)
         if self.after["sockets"] > allowed:
@@ -473,6 +482,7 @@ def _run(workdir: Path, requests: int, concurrency: int, disconnect_rate: float,
                         budget_spent(*redis_at) if redis_at else 0, tally.tokens)
         if redis_at is not None:
             report.held_at_end = held_at_end
+            report.redis_port = urlsplit(redis_at[0]).port
         return report
 
 

@@ -4,7 +4,7 @@ to real usage for plain and streamed replies, and the refusals the SDK sees."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -263,14 +263,21 @@ def test_a_budget_held_by_requests_in_flight_asks_to_retry_soon(tmp_path: Path) 
     budget = {"usd": 0.001, "period": "day", "max_tokens": 256}  # room for one worst case
     with Stack(lambda url: [priced(url, spec="latency_ms=500", budget=budget)],
                tmp_path) as s:
-        async def two() -> list[httpx.Response]:
+        async def two() -> tuple[httpx.Response, httpx.Response]:
             async with httpx.AsyncClient(timeout=30) as client:
-                async def post(delay: float) -> httpx.Response:
-                    await asyncio.sleep(delay)
-                    return await client.post(f"{s.proxy_url}/v1/chat/completions",
-                                             headers=HEADERS, json={"model": "gpt-4o-mini",
-                                                                    "messages": MESSAGES})
-                return list(await asyncio.gather(post(0), post(0.2)))
+                def post() -> Awaitable[httpx.Response]:
+                    return client.post(f"{s.proxy_url}/v1/chat/completions", headers=HEADERS,
+                                       json={"model": "gpt-4o-mini", "messages": MESSAGES})
+                first = asyncio.ensure_future(post())
+                # The second starts once the first reached the provider (its worst case
+                # reserved, its reply 0.5 s away), not after a guessed delay: on a
+                # loaded machine the first may take longer than that to get there.
+                for _ in range(1000):  # another process: polled, for at most ~10 s
+                    if await asyncio.to_thread(s.mock_requests):
+                        break
+                    await asyncio.sleep(0.01)
+                held = await post()
+                return await first, held
 
         slow, held = asyncio.run(two())
         assert slow.status_code == 200

@@ -59,6 +59,9 @@ _WARN_EVERY_S = 30.0
 _RS, _US = "\x1e", "\x1f"  # record and unit separators of the script's spec string
 
 
+MAX_CONNECTIONS = 64  # calls to Redis in flight at once (more wait their turn)
+
+
 class RedisStore(Store):
     kind = "redis"
     remote = True
@@ -66,7 +69,7 @@ class RedisStore(Store):
     def __init__(
         self, url: str, prefix: str = "warden", *,
         failure_mode: Literal["open", "closed"] = "open", timeout_s: float = 2.0,
-        retry_interval_s: float = 1.0, max_connections: int = 64,
+        retry_interval_s: float = 1.0, max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         super().__init__()
         self.cluster = url.startswith(_CLUSTER_SCHEMES)
