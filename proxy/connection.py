@@ -17,7 +17,7 @@ from multidict import CIMultiDict
 
 from proxy.errors import PayloadTooLarge, WardenError
 from proxy.request import Request
-from proxy.response import Response, StreamResponse, json_response
+from proxy.response import Response, StreamResponse, internal_error, json_response
 from proxy.router import RouteError
 from proxy.wire import describe, encode_head, fault_kind
 
@@ -256,7 +256,7 @@ class Connection(asyncio.Protocol):
             handler, request.match_info = self._server.routes.resolve(request.method,
                                                                       request.path)
         except RouteError as e:
-            response = _route_error(request, e)
+            response = e.response(request.method, request.path)
         else:
             try:
                 response = await handler(request)
@@ -267,13 +267,13 @@ class Connection(asyncio.Protocol):
                 if self._started:  # a reply is under way: too late for an error reply
                     self._closing = True  # the client sees the stream end early
                     return
-                response = _internal_error()
+                response = internal_error()
         try:
             if not response.prepared:
                 await response.prepare(request)
         except ValueError:  # a header a handler set cannot be sent (a line break)
             log.exception("unsendable reply on %s %s", request.method, request.path)
-            response = _internal_error()
+            response = internal_error()
             await response.prepare(request)
         if isinstance(response, StreamResponse) and not response.ended:
             await response.write_eof()
@@ -396,15 +396,3 @@ class Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-
-def _internal_error() -> Response:
-    err = WardenError("internal error in Warden; see its log", code="internal_error")
-    return json_response(err.body(), err.status)
-
-
-def _route_error(request: Request, error: RouteError) -> Response:
-    code = "not_found" if error.status == 404 else "method_not_allowed"
-    body = {"error": {"message": f"{request.method} {request.path}: {error.reason}",
-                      "type": "invalid_request_error", "param": None, "code": code}}
-    headers = {"Allow": ",".join(error.allow)} if error.allow else None
-    return json_response(body, error.status, headers)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any, Protocol
 
+from proxy.errors import WardenError
+
 if TYPE_CHECKING:
     from proxy.request import Request
 
@@ -61,6 +63,12 @@ def json_response(data: Any, status: int = 200,
     response = Response(json.dumps(data).encode(), status, headers)
     response.headers["Content-Type"] = "application/json; charset=utf-8"
     return response
+
+
+def internal_error() -> Response:
+    """A bug's reply: a 500 in OpenAI's error shape; the details are in Warden's log."""
+    err = WardenError("internal error in Warden; see its log", code="internal_error")
+    return json_response(err.body(), err.status)
 
 
 class StreamResponse:

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from urllib.parse import unquote
 
 from proxy.request import Request
-from proxy.response import Response, StreamResponse
+from proxy.response import Response, StreamResponse, json_response
 
 Handler = Callable[[Request], Awaitable[Response | StreamResponse]]
 
@@ -27,6 +27,14 @@ class RouteError(Exception):
     @property
     def reason(self) -> str:
         return "Not Found" if self.status == 404 else "Method Not Allowed"
+
+    def response(self, method: str, path: str) -> Response:
+        """The OpenAI-format reply, with ``Allow`` on a 405."""
+        code = "not_found" if self.status == 404 else "method_not_allowed"
+        body = {"error": {"message": f"{method} {path}: {self.reason}",
+                          "type": "invalid_request_error", "param": None, "code": code}}
+        headers = {"Allow": ",".join(self.allow)} if self.allow else None
+        return json_response(body, self.status, headers)
 
 
 class Routes:
