@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import os
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,29 @@ class Timeouts(Frozen):
     first_byte: float = Field(120.0, gt=0, description="Until the response head arrives.")
     idle: float = Field(60.0, gt=0, description="Longest gap between two stream chunks.")
     total: float = Field(600.0, gt=0, description="Whole attempt, body included.")
+
+
+# A mounted Secret is re-read at most this often: reading it on every request cost an
+# open, a read and a close each time, while Kubernetes itself takes up to a minute to
+# update a mounted Secret after a rotation.
+SECRET_FILE_TTL_S = 1.0
+_secret_files: dict[str, tuple[float, str | None]] = {}  # path -> (read at, content)
+_clock = time.monotonic
+
+
+def _secret_file(path: str) -> str | None:
+    """The stripped content of a credential file (None when unreadable), cached briefly.
+    Paths come from policy files, so the cache is as bounded as they are."""
+    now = _clock()
+    cached = _secret_files.get(path)
+    if cached is not None and now - cached[0] < SECRET_FILE_TTL_S:
+        return cached[1]
+    try:
+        value: str | None = Path(path).read_text().strip()
+    except OSError:
+        value = None
+    _secret_files[path] = (now, value)
+    return value
 
 
 _SECRET_REF = re.compile(r"^(env:[A-Za-z_][A-Za-z0-9_]*|file:.+)$")
@@ -100,16 +124,14 @@ class Deployment(Frozen):
         return self.provider in FAST_PROVIDERS
 
     def credential(self) -> str | None:
-        """Resolve the key reference now (env lookup, or file read for rotated Secrets)."""
+        """Resolve the key reference now: an env lookup, or the file's content as read
+        within the last ``SECRET_FILE_TTL_S`` (a rotated Secret is picked up that fast)."""
         if self.api_key is None:
             return None
         kind, _, where = self.api_key.partition(":")
         if kind == "env":
             return os.environ.get(where)
-        try:
-            return Path(where).read_text().strip()
-        except OSError:
-            return None
+        return _secret_file(where)
 
 
 class Retry(Frozen):

@@ -106,6 +106,26 @@ def test_credentials_resolve_from_env_and_file(tmp_path: Path,
     assert Deployment(provider="vllm", model="m").fast is True
 
 
+def test_a_rotated_credential_file_is_picked_up_within_the_ttl(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from proxy import tenants
+
+    now = [1000.0]
+    monkeypatch.setattr(tenants, "_clock", lambda: now[0])
+    key = tmp_path / "rotating"
+    key.write_text("sk-old\n")
+    d = tenants.Deployment(provider="openai", model="m", api_key=f"file:{key}")
+    assert d.credential() == "sk-old"
+    key.write_text("sk-new\n")
+    now[0] += tenants.SECRET_FILE_TTL_S / 2
+    assert d.credential() == "sk-old"  # not re-read on every request
+    now[0] += tenants.SECRET_FILE_TTL_S
+    assert d.credential() == "sk-new"
+    key.unlink()
+    now[0] += tenants.SECRET_FILE_TTL_S
+    assert d.credential() is None  # gone: no stale key kept
+
+
 def test_shipped_example_policies_are_valid() -> None:
     root = Path(__file__).resolve().parent.parent / "policies"
     assert load_configs(root)
