@@ -5,7 +5,8 @@ issue 4 would give, measured on training data only.
     python bench/injection_oof.py lengths OOF.npz        # a separate threshold for long prompts
     python bench/injection_oof.py twins OOF.npz [--seed S] [--cv K]
     python bench/injection_oof.py seeds OOF0.npz OOF1.npz ...   # thresholds across CV draws
-    python bench/injection_oof.py stackone OOF.npz [--seed S]   # linear + MiniLM stack, tool role
+    python bench/injection_oof.py stackone OOF.npz [--role user|tool] [--seed S]
+        [--stackone-scores CACHE.npz]                # linear + MiniLM stack
     python bench/injection_oof.py inthewild MODEL.npz   # CHECK on a test set, never for choosing
 
 Everything but ``inthewild`` reads training data only (neuralchemy train + validation,
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 import time
 from pathlib import Path
@@ -149,17 +151,26 @@ def cmd_seeds(args: argparse.Namespace) -> None:
                   f"{(m[y == 1] >= pooled).mean():.4f}")
 
 
-def _stackone_scores(items: list[data.Sample]) -> tuple[Array, Array]:
+def one_thread_onnx() -> None:
+    """Make onnxruntime sessions single-threaded (stackone builds its own session, with
+    as many threads as cores): latencies comparable with the one-core linear model."""
     import onnxruntime as ort
 
     session = ort.InferenceSession
+    if getattr(session, "one_thread", False):
+        return
 
     def one_thread(path: str, *_: object, **__: object) -> ort.InferenceSession:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = opts.inter_op_num_threads = 1
         return session(path, opts)
 
-    ort.InferenceSession = one_thread  # type: ignore[misc]  # stackone builds its own
+    one_thread.one_thread = True  # type: ignore[attr-defined]
+    ort.InferenceSession = one_thread  # type: ignore[misc]
+
+
+def _stackone_scores(items: list[data.Sample]) -> tuple[Array, Array]:
+    one_thread_onnx()
     from stackone_defender.classifiers.tier2_classifier import Tier2Classifier
 
     clf = Tier2Classifier()
@@ -172,39 +183,74 @@ def _stackone_scores(items: list[data.Sample]) -> tuple[Array, Array]:
     return np.array(scores), np.array(times)
 
 
+def _stackone_cached(items: list[data.Sample], cache: Path | None) -> tuple[Array, Array]:
+    """stackone's scores of these items, from ``cache`` when it holds them (an npz with
+    ``score``, ``time`` and ``label`` in this order), else computed and saved there."""
+    if cache is not None and cache.is_file():
+        with np.load(cache) as c:
+            assert len(c["score"]) == len(items)
+            assert (c["label"] == np.array([s.label for s in items])).all()
+            return c["score"], c["time"]
+    scores, times = _stackone_scores(items)
+    if cache is not None:
+        np.savez(cache, score=scores, time=times, label=np.array([s.label for s in items]))
+    return scores, times
+
+
 def cmd_stackone(args: argparse.Namespace) -> None:
-    """The tool-role stack of the linear margin and stackone's MiniLM score, fitted and
-    judged out of fold on BIPIA train (the stack's own folds = the CV's folds)."""
-    folds_parts = data.bipia_folds(args.cv, args.seed)
-    items, folds = [], []
-    for f, (_, held) in enumerate(folds_parts):
-        part = data.bipia_samples(held, seed=args.seed)
-        items += part
-        folds += [f] * len(part)
-    m, y, g = _load(args.oof[0], "tool")
+    """The stack of the linear margin and stackone's MiniLM score, fitted and judged out
+    of fold (the stack's folds = the CV's folds): prompts, or BIPIA documents."""
+    from train_injection import oof_order, prompt_folds
+
+    if args.role == "user":
+        prompts = data.neuralchemy("train") + data.neuralchemy("validation")
+        fold_of = prompt_folds(prompts, args.cv, random.Random(args.seed))
+        order = oof_order(prompts, args.cv, args.seed)
+        items = [prompts[i] for i in order]
+        folds = np.array([fold_of[i] for i in order])
+    else:
+        items, fold_list = [], []
+        for f, (_, held) in enumerate(data.bipia_folds(args.cv, args.seed)):
+            part = data.bipia_samples(held, seed=args.seed)
+            items += part
+            fold_list += [f] * len(part)
+        folds = np.array(fold_list)
+    m, y, g = _load(args.oof[0], args.role)
     assert len(items) == len(m) and all(s.label == lab for s, lab in zip(items, y, strict=True))
-    so, times = _stackone_scores(items)
-    print(f"stackone p50 {np.median(times) * 1e3:.1f} ms per BIPIA document (one thread)")
+    so, times = _stackone_cached(items, args.stackone_scores)
+    lengths = np.array([len(s.text) for s in items])
+    print(f"stackone p50 {np.median(times) * 1e3:.1f} ms per text, "
+          f"{np.median(times[lengths <= 480]) * 1e3:.1f} ms up to 480 characters, "
+          f"{np.median(times[lengths > 480]) * 1e3:.1f} ms longer (one thread)")
     s = scipy.special.logit(np.clip(so, 1e-6, 1 - 1e-6))
-    n_mail = max(1, int(((g == "bipia-email") & (y == 0)).sum()))
-    w = np.where(g == "bipia-email", 3.0 * int(((g == "bipia-table") & (y == 0)).sum()) / n_mail,
-                 1.0)
-    fold = np.array(folds)
+    if args.role == "tool":
+        n_mail = max(1, int(((g == "bipia-email") & (y == 0)).sum()))
+        w = np.where(g == "bipia-email",
+                     3.0 * int(((g == "bipia-table") & (y == 0)).sum()) / n_mail, 1.0)
+
+        def pick(z: Array) -> float:
+            return threshold_per_kind(z, y, g)
+    else:
+        w = np.ones(len(y))
+        long_benign = (g == "long") & (y == 0)
+        print(f"long benign prompts: stackone median {np.median(so[long_benign]):.3f}, "
+              f"{int((so[long_benign] >= 0.5).sum())} of {int(long_benign.sum())} at >= 0.5")
+
+        def pick(z: Array) -> float:
+            return threshold(z, y)
     for name, z in (("linear", m), ("stackone", s)):
-        t = threshold_per_kind(z, y, g)
-        print(f"{name}: per-kind recall {(z[y == 1] >= t).mean():.4f}, pooled recall at 2 % "
-              f"{(z[y == 1] >= threshold(z, y)).mean():.4f}")
+        print(f"{name}: recall {(z[y == 1] >= pick(z)).mean():.4f} at the role's threshold rule, "
+              f"pooled recall at 2 % {(z[y == 1] >= threshold(z, y)).mean():.4f}")
     for lo, hi in ((-7.0, 7.0), (-3.0, 3.0)):
         x = np.c_[m, np.clip(s, lo, hi), np.ones_like(m)]
-        z = nested_stack(x, y, w, fold)
-        t = threshold_per_kind(z, y, g)
+        z = nested_stack(x, y, w, folds)
+        t = pick(z)
         v = fit_stack(x, y, w)
         # Messages whose stackone score could flip the decision: the cascade's band.
         band = (m >= (t - v[2] - v[1] * hi) / v[0]) & (m < (t - v[2] - v[1] * lo) / v[0])
-        print(f"stack, MiniLM logit clipped to [{lo}, {hi}]: per-kind recall "
-              f"{(z[y == 1] >= t).mean():.4f}, pooled recall at 2 % "
-              f"{(z[y == 1] >= threshold(z, y)).mean():.4f}; weights {np.round(v, 2).tolist()}; "
-              f"band holds {band.mean():.3f} of documents")
+        print(f"stack, MiniLM logit clipped to [{lo}, {hi}]: recall {(z[y == 1] >= t).mean():.4f}"
+              f", pooled recall at 2 % {(z[y == 1] >= threshold(z, y)).mean():.4f}; weights "
+              f"{np.round(v, 2).tolist()}; band holds {band.mean():.3f} of texts")
 
 
 def cmd_inthewild(args: argparse.Namespace) -> None:
@@ -238,6 +284,9 @@ def main() -> None:
     ap.add_argument("oof", type=Path, nargs="+")
     ap.add_argument("--seed", type=int, default=0, help="the --seed of the CV run")
     ap.add_argument("--cv", type=int, default=5, help="the --cv of the CV run")
+    ap.add_argument("--role", choices=("user", "tool"), default="tool", help="for stackone")
+    ap.add_argument("--stackone-scores", type=Path,
+                    help="stackone's scores of the OOF texts: read if there, else saved")
     args = ap.parse_args()
     {"lengths": cmd_lengths, "twins": cmd_twins, "seeds": cmd_seeds,
      "stackone": cmd_stackone, "inthewild": cmd_inthewild}[args.command](args)
