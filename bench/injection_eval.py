@@ -33,7 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import injection_data as data
 
-from proxy.injection.cascade import CASCADE_PATH, CascadeClassifier, Stack
 from proxy.injection.classifier import (
     MODEL_PATH,
     HashedLinearClassifier,
@@ -46,16 +45,9 @@ from proxy.injection.rules import RULES
 TARGET_FPR = 0.02
 
 
-def variants(names: list[str], model: Path = MODEL_PATH, cascade: Path = CASCADE_PATH
-             ) -> dict[str, Callable[[], Detector]]:
+def variants(names: list[str], model: Path = MODEL_PATH) -> dict[str, Callable[[], Detector]]:
     def builtin() -> HashedLinearClassifier:
         return HashedLinearClassifier(LinearModel.load(model))
-
-    def two_stage() -> CascadeClassifier:
-        from injection_oof import one_thread_onnx
-
-        one_thread_onnx()  # the MiniLM on one core, like everything else measured here
-        return CascadeClassifier(model=LinearModel.load(model), stack=Stack.load(cascade))
 
     every: dict[str, Callable[[], Detector]] = {
         "rules_raw": lambda: Detector(None, use_normalisation=False),
@@ -63,7 +55,6 @@ def variants(names: list[str], model: Path = MODEL_PATH, cascade: Path = CASCADE
         "classifier_raw": lambda: Detector(builtin(), rules=(), use_normalisation=False),
         "classifier": lambda: Detector(builtin(), rules=()),
         "combined": lambda: Detector(builtin()),
-        "cascade": lambda: Detector(two_stage()),
         "stackone_raw": lambda: Detector(StackOneClassifier(), rules=(), use_normalisation=False),
         "stackone_combined": lambda: Detector(StackOneClassifier()),
     }
@@ -175,7 +166,6 @@ LABELS = {
     "classifier_raw": "classifier, raw text",
     "classifier": "classifier + normalisation",
     "combined": "**combined (shipped)**",
-    "cascade": "cascade: combined + MiniLM on uncertain tool results",
     "stackone_raw": "stackone-defender 0.9.4 Tier 2, raw",
     "stackone_combined": "stackone + rules + normalisation",
 }
@@ -216,8 +206,6 @@ def main() -> None:
                          "on the validation splits with train_injection.py --cv)")
     ap.add_argument("--model", type=Path, default=MODEL_PATH,
                     help="the built-in model to evaluate (default: the shipped one)")
-    ap.add_argument("--cascade", type=Path, default=CASCADE_PATH,
-                    help="the cascade's stack (train_cascade.py), for the cascade variant")
     args = ap.parse_args()
 
     sets = {
@@ -235,7 +223,7 @@ def main() -> None:
         sets = {k: v[:: max(1, len(v) // args.limit)] for k, v in sets.items()}
     results: dict[str, object] = {"rule_hits_on_training": rule_precision(sets)}
     print(json.dumps(results), flush=True)
-    for name, factory in variants(args.variants.split(","), args.model, args.cascade).items():
+    for name, factory in variants(args.variants.split(","), args.model).items():
         results[name] = evaluate(name, factory(), sets, args.thresholds == "model")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

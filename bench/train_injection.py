@@ -25,10 +25,9 @@ Calibration and thresholds, two ways:
   separately.
 
 Needs the ``bench`` extra (scipy, pyarrow). Run from the repo root:
-    # the shipped model.npz (--oof keeps the out-of-fold scores the cascade's stack is
-    # fitted on: python bench/train_cascade.py --oof oof.npz):
-    python bench/train_injection.py --long-windows --cv 5 --tool-fpr-per-kind --email-weight 3 \
-        --oof oof.npz
+    # the shipped model.npz (add --oof oof.npz to keep the out-of-fold scores for
+    # bench/injection_oof.py):
+    python bench/train_injection.py --long-windows --cv 5 --tool-fpr-per-kind --email-weight 3
     python bench/train_injection.py [--slabs] [--extra] [--dim 18] [--out PATH]
 """
 

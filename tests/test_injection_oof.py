@@ -6,6 +6,7 @@ They need scipy (in the ``test`` and ``bench`` extras); no data set is read."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,3 +106,16 @@ def test_benign_weight_shifts_weight_to_benign_prompts_and_keeps_the_role_total(
     assert weights(heavy, "user", 0) / weights(heavy, "user", 1) == pytest.approx(3 * 4 / 6)
     # Tool-role rows are untouched.
     assert [r for r in heavy if r[1] == "tool"] == [r for r in plain if r[1] == "tool"]
+
+
+def test_stackone_score_cache_is_read_back_and_checked(tmp_path: Path) -> None:
+    oof = _oof()
+    items = [data.Sample("a", 0, "tool"), data.Sample("b", 1, "tool")]
+    cache = tmp_path / "so.npz"
+    np.savez(cache, score=np.array([0.1, 0.9]), time=np.array([0.01, 0.02]),
+             label=np.array([0, 1]))
+    scores, times = oof._stackone_cached(items, cache)
+    assert scores.tolist() == [0.1, 0.9] and times.tolist() == [0.01, 0.02]
+    # A cache written for other texts (labels in another order) is refused.
+    with pytest.raises(AssertionError):
+        oof._stackone_cached(list(reversed(items)), cache)

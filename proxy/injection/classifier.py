@@ -176,12 +176,6 @@ class LinearModel:
     line_starts: bool = False
 
     @property
-    def fingerprint(self) -> str:
-        """Version plus a checksum of the weights: two trainings of one recipe on one day
-        share the version string, not the weights."""
-        return f"{self.version}:{zlib.crc32(self.weights.astype(np.float16).tobytes()):08x}"
-
-    @property
     def dim(self) -> int:
         return int(self.weights.shape[0])
 
@@ -274,8 +268,4 @@ def load_classifier(name: str) -> Classifier:
         return HashedLinearClassifier()
     if name == "stackone":
         return StackOneClassifier()
-    if name == "cascade":
-        from proxy.injection.cascade import CascadeClassifier
-
-        return CascadeClassifier()
     raise ValueError(f"unknown classifier {name!r}")

@@ -58,11 +58,9 @@ class InjectionConfig(Frozen):
         description="Score at or above which a message counts as an injection. Unset: the "
         "detector's per-role defaults, chosen on validation data at <= 2 % FPR.",
     )
-    classifier: Literal["builtin", "stackone", "cascade", "none"] = Field(
+    classifier: Literal["builtin", "stackone", "none"] = Field(
         "builtin", description="ML layer: the shipped model, stackone-defender's MiniLM "
-        "(needs the 'stackone' extra), the shipped model with the MiniLM as a second "
-        "opinion on uncertain tool results (cascade; needs the 'stackone' extra), or none "
-        "(rules only).")
+        "(needs the 'stackone' extra), or none (rules only).")
     canary: bool = Field(False, description="Plant a canary token in the system prompt and "
                          "refuse/flag replies that contain it (prompt leakage).")
 
