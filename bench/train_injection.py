@@ -25,7 +25,8 @@ Calibration and thresholds, two ways:
   separately.
 
 Needs the ``bench`` extra (scipy, pyarrow). Run from the repo root:
-    # the shipped model.npz:
+    # the shipped model.npz (add --oof oof.npz to keep the out-of-fold scores for
+    # bench/injection_oof.py):
     python bench/train_injection.py --long-windows --cv 5 --tool-fpr-per-kind --email-weight 3
     python bench/train_injection.py [--slabs] [--extra] [--dim 18] [--out PATH]
 """
@@ -47,159 +48,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import injection_data as data
-import injection_dedup as dedup
+from injection_rows import Row, build, extra_samples, training_rows, view
 
-from proxy.injection.classifier import WINDOW_CHARS, LinearModel, features, units
-from proxy.injection.normalise import normalise
-
-Row = tuple[str, str, int, float]  # text, role, label, weight
-
-
-def _view(text: str) -> str:
-    # The classifier sees the folded view at run time (see detector.py); train on it.
-    return normalise(text).folded
-
-
-def _bipia_rows(
-    part: data.BipiaPartition, attacks: list[str], rng: random.Random, per_context: int,
-    email_weight: float = 1.0,
-) -> list[Row]:
-    """Training rows: the detector's windows of clean and of injected contexts. E-mails
-    are weighted up to carry as much weight as the (18 times more numerous) tables."""
-    rows: list[Row] = []
-    n_email = max(1, part.kinds.count("email"))
-    weights = {"email": email_weight * part.kinds.count("table") / n_email, "table": 1.0}
-    for kind, context in zip(part.kinds, part.contexts, strict=True):
-        wt = weights[kind]
-        for w in units(context, "tool"):
-            rows.append((w, "tool", 0, wt))
-        for attack in rng.sample(attacks, min(per_context, len(attacks))):
-            where = rng.choice(("start", "middle", "end"))
-            doc = data.insert(context, attack, where)
-            for w in units(doc, "tool"):
-                if attack in w:
-                    rows.append((w, "tool", 1, wt))
-    return rows
-
-
-def _doc_rows() -> list[Row]:
-    """Benign tool-role negatives beyond BIPIA's emails and tables: the prose of the
-    Python reference documentation shipped with the interpreter (pydoc_data.topics),
-    full of imperative sentences ("Use ... to ...", "Return ...") that are not
-    injections. Without these, the tool-role features learn "not an email or a table"
-    instead of "an instruction to the assistant"."""
-    from pydoc_data.topics import topics
-
-    rows: list[Row] = []
-    for text in topics.values():
-        rows.extend((u, "tool", 0, 1.0) for u in units(text, "tool"))
-    return rows
-
-
-def _doc_user_rows() -> list[Row]:
-    """The same pydoc prose as benign PROMPTS (a pasted page of documentation), whole and
-    in windows: neuralchemy's benign prompts are almost all one short line, so without
-    these "long" alone would read as "attack" to the user-role features."""
-    from pydoc_data.topics import topics
-
-    rows: list[Row] = []
-    for text in topics.values():
-        parts = units(text, "user", whole_prompt=True)
-        rows.extend((p, "user", 0, 1.0 / len(parts) ** 0.5) for p in parts)
-    return rows
-
-
-def _email_rows() -> list[Row]:
-    """Benign e-mails beyond BIPIA's 40 training ones: the test messages that ship with
-    CPython's email package (Lib/test/test_email/data: mailing-list digests, bounces,
-    MIME mail), whose "To unsubscribe, send a message with ..." boilerplate reads like
-    an instruction and is not one. Skipped when the interpreter was built without its
-    test package."""
-    import sysconfig
-
-    directory = Path(sysconfig.get_paths()["stdlib"]) / "test" / "test_email" / "data"
-    rows: list[Row] = []
-    for path in sorted(directory.glob("msg_*.txt")):
-        text = path.read_text(encoding="utf-8", errors="replace")
-        rows.extend((u, "tool", 0, 1.0) for u in units(text, "tool"))
-    return rows
-
-
-def _deduplicated(samples: list[data.Sample], name: str, tests: list[str]) -> list[data.Sample]:
-    """Drop near-duplicates of any test text (injection_dedup.py) and say how many."""
-    keep = dedup.keep_mask([s.text for s in samples], tests)
-    kept = [s for s, k in zip(samples, keep, strict=True) if k]
-    print(f"dedup {name}: {len(samples)} rows, {len(samples) - len(kept)} near-duplicates "
-          f"of test texts dropped, {len(kept)} kept", flush=True)
-    return kept
-
-
-def _long_rows(samples: list[data.Sample], weight: float) -> list[Row]:
-    """The detector scores a long prompt window by window (max), so the windows of long
-    training prompts are rows too, each with the prompt's label, weighted so a long
-    prompt counts about as much as a short one."""
-    rows: list[Row] = []
-    for s in samples:
-        parts = units(s.text, "user")
-        if len(parts) > 1:
-            rows.extend((p, "user", s.label, weight / len(parts) ** 0.5) for p in parts)
-    return rows
-
-
-def _extra(args: argparse.Namespace, tests: list[str]) -> list[data.Sample]:
-    sources = tuple(args.extra_sources.split(","))
-    return _deduplicated([s for s in data.extra_attacks() if s.group.startswith(sources)],
-                         "extra attacks", tests)
-
-
-def training_rows(args: argparse.Namespace, prompts: list[data.Sample],
-                  fit: data.BipiaPartition, tests: list[str],
-                  extra: list[data.Sample] | None = None) -> list[Row]:
-    """Training rows from labelled prompts (user role) and a BIPIA partition (tool role),
-    plus the added sources the options ask for. Shared by the plain recipe and by every
-    cross-validation fold, so a fold's model is trained exactly as the final one."""
-    rng = random.Random(args.seed)
-    rows: list[Row] = [(s.text, "user", s.label, 1.0) for s in prompts]
-    user_samples = list(prompts)
-    if args.slabs:
-        slabs = _deduplicated(data.slabs("train"), "s-labs train", tests)
-        rows += [(s.text, "user", s.label, args.slabs_weight) for s in slabs]
-    if args.extra:
-        extra = _extra(args, tests) if extra is None else extra
-        rows += [(s.text, "user", s.label, args.extra_weight) for s in extra]
-        user_samples += extra
-    if args.long_windows:
-        rows += _long_rows(user_samples, args.long_weight)
-
-    nc_attacks = [s.text for s in prompts if s.label == 1 and len(s.text) < 400]
-    inserted = fit.attacks + rng.sample(nc_attacks, min(args.nc_attacks, len(nc_attacks)))
-    if args.inserted_requests:
-        # A request to the assistant sitting inside a document is an injection whatever
-        # it asks for (BIPIA's test attacks are mostly harmless tasks: "summarise the
-        # sentiment of ...", "draft a reply ..."): neuralchemy's BENIGN training prompts,
-        # inserted into contexts, are tool-role positives.
-        requests = [s.text for s in prompts if s.label == 0 and 12 <= len(s.text) < 400]
-        inserted += rng.sample(requests, min(args.inserted_requests, len(requests)))
-    rows += _bipia_rows(fit, inserted, rng, args.attacks_per_context, args.email_weight)
-    if args.docs:
-        rows += _doc_rows()
-    if args.emails:
-        rows += _email_rows()
-    if args.docs_user:
-        rows += _doc_user_rows()
-    return rows
-
-
-def build(args: argparse.Namespace) -> tuple[list[Row], dict[str, list[tuple[str, str, int]]]]:
-    """Training rows, and per role the validation (text, group, label) triples."""
-    tests = data.test_texts() if (args.slabs or args.extra) else []
-    rows = training_rows(args, data.neuralchemy("train"), data.bipia_partition("fit", args.seed),
-                         tests)
-    val = {
-        "user": [(s.text, s.group, s.label) for s in data.neuralchemy("validation")],
-        "tool": [(s.text, s.group, s.label) for s in data.bipia("validation", seed=args.seed)],
-    }
-    return rows, val
+from proxy.injection.classifier import WINDOW_CHARS, LinearModel, features
 
 
 def matrix(rows: list[tuple[str, str]], dim: int, ngrams: tuple[int, ...],
@@ -208,7 +59,7 @@ def matrix(rows: list[tuple[str, str]], dim: int, ngrams: tuple[int, ...],
     indices: list[np.ndarray] = []
     values: list[np.ndarray] = []
     for text, role in rows:
-        idx, val = features(_view(text), role, dim, ngrams, line_starts)
+        idx, val = features(view(text), role, dim, ngrams, line_starts)
         indices.append(idx)
         values.append(val)
         indptr.append(indptr[-1] + len(idx))
@@ -295,6 +146,8 @@ def main() -> None:
                          "as tool-role positives")
     ap.add_argument("--email-weight", type=float, default=1.0,
                     help="BIPIA e-mail rows' total weight relative to the tables'")
+    ap.add_argument("--benign-weight", type=float, default=1.0,
+                    help="weight of benign (user-role) prompts relative to attacks")
     ap.add_argument("--whole-prompt", action="store_true",
                     help="score a long prompt as a whole too, not only its windows")
     ap.add_argument("--docs-user", action="store_true",
@@ -399,12 +252,30 @@ Scored = tuple[np.ndarray, np.ndarray, np.ndarray]  # margins, labels, groups
 def scored_items(model: LinearModel, items: list[tuple[str, str, int]], role: str) -> Scored:
     """The detector's margin (max over units) of each held-out text, its label, and its
     group: the document kind for tool results, long/short for prompts."""
-    margins = np.array([max(model.margin(u, role) for u in model.units(_view(t), role))
+    margins = np.array([max(model.margin(u, role) for u in model.units(view(t), role))
                         for t, _, _ in items])
     labels = np.array([lab for _, _, lab in items], dtype=np.float64)
     groups = np.array([g if role == "tool" else ("long" if len(t) > WINDOW_CHARS else "short")
                        for t, g, _ in items])
     return margins, labels, groups
+
+
+def prompt_folds(prompts: list[data.Sample], k: int, rng: random.Random) -> list[int]:
+    """The fold of each prompt, stratified by label. The out-of-fold arrays list the
+    prompts fold by fold, in this order (``oof_order``)."""
+    fold_of = [0] * len(prompts)
+    for label in (0, 1):
+        idx = [i for i, s in enumerate(prompts) if s.label == label]
+        rng.shuffle(idx)
+        for n, i in enumerate(idx):
+            fold_of[i] = n % k
+    return fold_of
+
+
+def oof_order(prompts: list[data.Sample], k: int, seed: int) -> list[int]:
+    """Indices into ``prompts`` in the order of the user-role out-of-fold arrays."""
+    fold_of = prompt_folds(prompts, k, random.Random(seed))
+    return [i for f in range(k) for i, g in enumerate(fold_of) if g == f]
 
 
 def cross_validate(args: argparse.Namespace, ngrams: tuple[int, ...]
@@ -422,16 +293,11 @@ def cross_validate(args: argparse.Namespace, ngrams: tuple[int, ...]
     tests = data.test_texts() if (args.slabs or args.extra) else []
     prompts = data.neuralchemy("train") + data.neuralchemy("validation")
     rng = random.Random(args.seed)
-    fold_of = [0] * len(prompts)
-    for label in (0, 1):
-        idx = [i for i, s in enumerate(prompts) if s.label == label]
-        rng.shuffle(idx)
-        for n, i in enumerate(idx):
-            fold_of[i] = n % args.cv
+    fold_of = prompt_folds(prompts, args.cv, rng)
     bipia_folds = data.bipia_folds(args.cv, args.seed)
     # Added jailbreak templates (--extra) are folded too: their held-out recall is the
     # only jailbreak-template signal that is not a test set.
-    extra = _extra(args, tests) if args.extra else []
+    extra = extra_samples(args, tests) if args.extra else []
     extra_fold = [i % args.cv for i in rng.sample(range(len(extra)), len(extra))]
     parts: dict[str, list[Scored]] = {"user": [], "tool": [], "extra": []}
     for f, (fit_part, held_part) in enumerate(bipia_folds):

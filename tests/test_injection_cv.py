@@ -139,12 +139,18 @@ def test_cross_validation_scores_every_text_once_out_of_fold(
         dim=12, l2=1e-4, seed=0, cv=3, slabs=False, extra=True, extra_weight=1.0,
         extra_sources="garak", long_windows=False, long_weight=1.0, nc_attacks=5,
         inserted_requests=0, attacks_per_context=1, email_weight=1.0, docs=False,
-        emails=False, docs_user=False, whole_prompt=False, line_starts=False)
+        emails=False, docs_user=False, whole_prompt=False, line_starts=False,
+        benign_weight=1.0)
     monkeypatch.setattr(td, "test_texts", lambda: ["an unrelated test text"])
     rows, scored = train_injection.cross_validate(args, (3, 4))
     margins, labels, _ = scored["user"]
     # Every labelled prompt of train + validation is scored once, by a model without it.
     assert len(margins) == 65 and labels.sum() == 25
+    # The arrays list the prompts in oof_order (what the OOF analyses rely on).
+    every = prompts["train"] + prompts["validation"]
+    order = train_injection.oof_order(every, 3, 0)
+    assert sorted(order) == list(range(65))
+    assert [every[i].label for i in order] == labels.tolist()
     assert len(scored["tool"][0]) == 30 * 6  # each context clean + 5 injected, once
     assert len(scored["extra"][0]) == 7
     # The final rows hold every prompt and every extra template.
