@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from proxy.accesslog import BATCH, FLUSH_S, LOGGER, AccessLog
+from proxy.accesslog import BATCH, FLUSH_S, LOGGER, SLICE, AccessLog
 from proxy.context import RequestContext
 from proxy.mock_upstream import prompt_text, tokens
 from proxy.tenants import Tenant, TenantConfig
@@ -149,13 +149,17 @@ async def test_stream_sink_writes_in_batches_after_the_request() -> None:
     lines = stream.getvalue().splitlines()
     assert [json.loads(x)["request_id"] for x in lines] == ["rid"] * 3
     assert stream.flushes == 1  # one write and one flush for the burst
-    for _ in range(BATCH):  # a full batch is written on the next loop turn
+    for _ in range(BATCH):  # a full batch is written from the next loop turn on,
         log.write(ctx, "ok", 0.01, 0.001)
     assert len(stream.getvalue().splitlines()) == 3
-    await asyncio.sleep(0)
-    assert len(stream.getvalue().splitlines()) == 3 + BATCH
+    written = [3]
+    while written[-1] < 3 + BATCH:  # SLICE lines per turn: no turn holds the loop long
+        await asyncio.sleep(0)
+        written.append(len(stream.getvalue().splitlines()))
+        assert written[-1] - written[-2] in (0, SLICE)  # never more in one turn
+        assert len(written) <= 4 * BATCH // SLICE
     log.write(ctx, "ok", 0.01, 0.001)
-    log.flush()  # what shutdown calls
+    log.flush()  # what shutdown calls: everything at once
     assert len(stream.getvalue().splitlines()) == 4 + BATCH
 
 
