@@ -48,11 +48,11 @@ def _encode(record: dict[str, Any]) -> str:
         return _stdlib_encode(record)
 
 
-Pending = tuple[RequestContext, str, float, float, float]
-
-
 def _ms(seconds: float | None) -> float | None:
     return round(seconds * 1000, 3) if seconds is not None else None
+
+
+Pending = tuple[RequestContext, str, float, float, float]
 
 
 class AccessLog:
